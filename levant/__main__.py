@@ -1,0 +1,3 @@
+from levant.cli import app
+
+app()

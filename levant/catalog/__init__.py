@@ -1,0 +1,1 @@
+"""The catalogue (model cards), the content-addressed weights store and weight sources."""

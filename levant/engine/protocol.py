@@ -1,0 +1,47 @@
+"""The only types that cross into or out of the engine.
+
+The engine knows token ids and sampling parameters; it knows nothing about
+text, HTTP, API keys or wire formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "model_length", "abort"]
+"""stop: an end-of-sequence token; length: max_tokens reached;
+model_length: the context window is full; abort: cancelled by the caller."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    max_tokens: int | None = None
+    """None: until the context window is full."""
+    seed: int | None = None
+    stop_token_ids: frozenset[int] = field(default_factory=frozenset)
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """A delta: the tokens produced since the previous output of this request."""
+
+    request_id: str
+    new_token_ids: list[int]
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0

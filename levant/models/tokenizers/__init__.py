@@ -1,0 +1,1 @@
+"""Tokenizers and chat templates: text and chat messages to token ids and back."""
