@@ -24,6 +24,10 @@ class SamplingParams:
     max_tokens: int | None = None
     """None: until the context window is full."""
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    """OpenAI semantics: subtract presence (once per seen token) and frequency
+    (per occurrence) from the logits of tokens already generated."""
     stop_token_ids: frozenset[int] = field(default_factory=frozenset)
     ignore_eos: bool = False
 

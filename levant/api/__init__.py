@@ -1,0 +1,1 @@
+"""The HTTP API: wire formats in and out, nothing about tensors."""

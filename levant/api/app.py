@@ -1,0 +1,62 @@
+"""The FastAPI application factory: wires settings, registry, routers and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from levant import __version__
+from levant.api.body_limit import BodyLimitMiddleware
+from levant.api.errors import install_error_handlers
+from levant.api.routes import chat, health, models
+from levant.api.state import AppState
+from levant.catalog.catalog import load_catalog
+from levant.catalog.store import ModelStore
+from levant.config import Settings, get_settings
+from levant.serving.registry import ModelRegistry
+
+log = logging.getLogger("levant")
+
+
+async def _preload(state: AppState) -> None:
+    try:
+        for name in state.preload:
+            card = state.registry.resolve(name)
+            await asyncio.to_thread(state.registry.load, card)
+        state.ready = True
+    except Exception as exc:
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("failed to load models: %s", state.load_error)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: ModelRegistry | None = None,
+    preload: list[str] | None = None,
+) -> FastAPI:
+    """Build the app. ``preload`` names models loaded at start-up (health is 503 until then)."""
+    settings = settings or get_settings()
+    if registry is None:
+        registry = ModelRegistry(settings, load_catalog(settings), ModelStore(settings))
+    state = AppState(settings=settings, registry=registry, preload=list(preload or []))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_preload(state))
+        yield
+        task.cancel()
+        registry.shutdown()
+
+    app = FastAPI(title="Levant", version=__version__, lifespan=lifespan,
+                  docs_url="/docs", redoc_url=None)
+    app.state.levant = state
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    for router in (health.router, models.router, chat.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,23 @@
+"""Resolve a requested model name to a loaded service, mapping misses to API errors."""
+
+from __future__ import annotations
+
+from levant.api.errors import APIError
+from levant.api.state import AppState
+from levant.catalog.catalog import ModelNotFound
+from levant.serving.registry import ModelNotAvailable
+from levant.serving.service import ModelService
+
+
+async def service_for(state: AppState, name: str) -> ModelService:
+    try:
+        return await state.registry.get(name)
+    except (ModelNotFound, ModelNotAvailable) as exc:
+        raise APIError(404, _missing(name, exc), type="not_found_error", param="model",
+                       code="model_not_found") from exc
+
+
+def _missing(name: str, exc: Exception) -> str:
+    if isinstance(exc, ModelNotAvailable):
+        return str(exc)
+    return f"Model '{name}' not found"

@@ -1,0 +1,130 @@
+"""``POST /v1/chat/completions``: both dialects, streaming and not."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from levant.api.chat_input import to_chat_messages
+from levant.api.deps import StateDep
+from levant.api.dialect import Dialect, detect_dialect
+from levant.api.errors import APIError, error_body
+from levant.api.models_lookup import service_for
+from levant.api.schemas.chat import (
+    AssistantMessage,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    Choice,
+    Delta,
+    PromptTokensDetails,
+    StreamChoice,
+    Usage,
+)
+from levant.api.streaming import DONE, sse_event, sse_response
+from levant.engine.core import ContextLengthExceeded
+from levant.serving.service import Finished, TextDelta
+
+router = APIRouter()
+
+
+def _usage(done: Finished) -> Usage:
+    return Usage(
+        prompt_tokens=done.prompt_tokens,
+        completion_tokens=done.completion_tokens,
+        total_tokens=done.prompt_tokens + done.completion_tokens,
+        num_cached_tokens=done.cached_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens),
+    )
+
+
+def _finish_reason(reason: str, dialect: Dialect) -> str:
+    # OpenAI has no model_length: its clients know the same condition as "length".
+    return "length" if reason == "model_length" and dialect == "openai" else reason
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, state: StateDep
+) -> Response | ChatCompletionResponse:
+    if body.uses_openai_fields:
+        request.state.dialect = "openai"
+    dialect = detect_dialect(request)
+    service = await service_for(state, body.model)
+    messages = to_chat_messages(body, service.card)
+    max_tokens = body.effective_max_tokens
+    try:
+        prompt_ids = service.prepare(messages, max_tokens)
+    except ContextLengthExceeded as exc:
+        raise APIError(
+            400,
+            f"Prompt of {exc.prompt_tokens} tokens"
+            + (" (including max_tokens)" if max_tokens else "")
+            + f" exceeds the model's context length of {exc.max_context} tokens",
+            param="messages", code="context_length_exceeded",
+        ) from exc
+    sampling = service.sampling(
+        temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
+        seed=body.effective_seed, presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+    )
+    prefix = messages[-1].content if messages[-1].prefix else ""
+    completion_id = uuid.uuid4().hex
+    created = int(time.time())
+    model_name = body.model
+    events = service.generate(prompt_ids, sampling, body.stop_list)
+
+    if not body.stream:
+        text = [prefix]
+        done: Finished | None = None
+        async for ev in events:
+            if isinstance(ev, TextDelta):
+                text.append(ev.text)
+            else:
+                done = ev
+        assert done is not None
+        return ChatCompletionResponse(
+            id=completion_id, created=created, model=model_name,
+            choices=[Choice(index=0, message=AssistantMessage(content="".join(text)),
+                            finish_reason=_finish_reason(done.finish_reason, dialect))],
+            usage=_usage(done),
+        )
+
+    include_usage_chunk = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        c = ChatCompletionChunk(
+            id=completion_id, created=created, model=model_name,
+            choices=[StreamChoice(index=0, delta=delta, finish_reason=finish)], usage=usage,
+        )
+        return sse_event(c.model_dump(exclude_none=True))
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield chunk(Delta(role="assistant", content=prefix))
+        try:
+            async with aclosing(events):  # a client gone mid-stream cancels generation
+                async for ev in events:
+                    if isinstance(ev, TextDelta):
+                        yield chunk(Delta(content=ev.text))
+                        continue
+                    usage = _usage(ev)
+                    # Mistral puts usage on the finishing chunk; OpenAI clients that
+                    # asked for include_usage also get a final chunk with no choices.
+                    reason = _finish_reason(ev.finish_reason, dialect)
+                    yield chunk(Delta(content=""), reason, usage)
+                    if include_usage_chunk:
+                        final = ChatCompletionChunk(id=completion_id, created=created,
+                                                    model=model_name, choices=[], usage=usage)
+                        yield sse_event(final.model_dump(exclude_none=True))
+        except Exception as exc:  # headers are sent: report in-band, never a trace
+            err = APIError(500, f"Generation failed: {type(exc).__name__}",
+                           type="internal_error")
+            yield sse_event(error_body(err, dialect))
+        yield DONE
+
+    return sse_response(stream())

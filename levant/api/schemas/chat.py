@@ -1,0 +1,176 @@
+"""``POST /v1/chat/completions`` request and response bodies, both dialects in one model.
+
+Mistral's fields (``random_seed``, ``safe_prompt``, ``prefix``, ``tool_choice: "any"``)
+and OpenAI's (``seed``, ``max_completion_tokens``, ``stream_options``) are all
+accepted; ``normalize`` folds them into one meaning. Unknown fields are refused
+(Mistral's spec forbids additional properties), so a typo never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str | dict[str, Any]
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: str | None = None
+    type: str = "function"
+    function: FunctionCall
+    index: int | None = None
+
+
+class Message(BaseModel):
+    # OpenAI clients echo assistant fields such as ``refusal`` or ``audio``.
+    model_config = ConfigDict(extra="ignore")
+    role: Role
+    content: str | list[ContentPart] | None = None
+    prefix: bool = False
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema"] = "text"
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    random_seed: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    n: int | None = Field(default=None, ge=1)
+    safe_prompt: bool = False
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    # Accepted for compatibility; they do not change generation.
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+    store: bool | None = None
+    prompt_cache_key: str | None = None
+    prediction: dict[str, Any] | None = None
+    prompt_mode: str | None = None
+    service_tier: str | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _check(self) -> ChatCompletionRequest:
+        if self.stop is not None:
+            stops = [self.stop] if isinstance(self.stop, str) else self.stop
+            if len(stops) > 16:
+                raise ValueError("stop accepts at most 16 sequences")
+        if isinstance(self.tool_choice, str) and self.tool_choice not in (
+            "auto", "none", "any", "required"
+        ):
+            raise ValueError("tool_choice must be auto, none, any, required or a function")
+        return self
+
+    @property
+    def uses_openai_fields(self) -> bool:
+        return (
+            self.seed is not None
+            or self.max_completion_tokens is not None
+            or self.stream_options is not None
+        )
+
+    @property
+    def effective_max_tokens(self) -> int | None:
+        return self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+
+    @property
+    def effective_seed(self) -> int | None:
+        return self.random_seed if self.random_seed is not None else self.seed
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    num_cached_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: str
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class StreamChoice(BaseModel):
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[StreamChoice]
+    usage: Usage | None = None

@@ -1,0 +1,59 @@
+"""Turn the last position's logits into the next token: greedy, temperature, top-k, top-p.
+
+Seeded per request: the same seed and the same logits give the same token on
+every run, whatever else the process is doing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from levant.engine.protocol import SamplingParams
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def apply_penalties(
+    logits: torch.Tensor, counts: torch.Tensor, params: SamplingParams
+) -> torch.Tensor:
+    """Presence and frequency penalties over ``counts`` (vocab,) of generated tokens."""
+    if params.presence_penalty == 0.0 and params.frequency_penalty == 0.0:
+        return logits
+    penalty = params.frequency_penalty * counts + params.presence_penalty * (counts > 0)
+    return logits - penalty.to(logits.dtype)
+
+
+def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """(vocab,) float32 logits -> (vocab,) probabilities after temperature, top-k, top-p."""
+    logits = logits / max(params.temperature, 1e-5)
+    if params.top_k > 0 and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        # Keep the smallest set whose mass reaches top_p: drop a token when the
+        # mass before it already reaches top_p (the top token always survives).
+        drop = (cumulative - sorted_probs) >= params.top_p
+        drop[0] = False
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        probs = probs / probs.sum()
+    return probs
+
+
+def sample(
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+) -> int:
+    """One token id from (vocab,) logits."""
+    if params.temperature <= 0.0:
+        return int(torch.argmax(logits).item())
+    probs = logits_to_probs(logits.float(), params)
+    return int(torch.multinomial(probs, num_samples=1, generator=generator).item())

@@ -1,0 +1,103 @@
+"""ModelService: one loaded model — card, tokenizer and engine — that speaks text.
+
+``prepare`` turns chat messages into prompt ids (and refuses prompts that do
+not fit the context); ``generate`` runs them through the engine and yields text
+deltas, finishing with the reason and the token counts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from levant.catalog.card import ModelCard
+from levant.engine.async_engine import AsyncEngine
+from levant.engine.core import ContextLengthExceeded
+from levant.engine.protocol import EngineRequest, FinishReason, SamplingParams
+from levant.models.tokenizers.protocol import ChatMessage, Tokenizer
+from levant.serving.detokenizer import IncrementalDetokenizer
+from levant.serving.stop import StopMatcher
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+
+class ModelService:
+    def __init__(self, card: ModelCard, tokenizer: Tokenizer, engine: AsyncEngine) -> None:
+        self.card = card
+        self.tokenizer = tokenizer
+        self.engine = engine
+
+    @property
+    def max_context(self) -> int:
+        return self.engine.engine.max_context
+
+    def prepare(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> list[int]:
+        """Prompt ids for ``messages``; raises ContextLengthExceeded when they cannot fit."""
+        ids = self.tokenizer.render_chat(messages)
+        if len(ids) >= self.max_context:
+            raise ContextLengthExceeded(len(ids), self.max_context)
+        if max_tokens is not None and len(ids) + max_tokens > self.max_context:
+            raise ContextLengthExceeded(len(ids) + max_tokens, self.max_context)
+        return ids
+
+    def sampling(
+        self,
+        *,
+        temperature: float | None,
+        top_p: float,
+        max_tokens: int | None,
+        seed: int | None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+    ) -> SamplingParams:
+        if temperature is None:
+            temperature = self.card.default_model_temperature
+        return SamplingParams(
+            temperature=0.7 if temperature is None else temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop_token_ids=self.tokenizer.eos_ids,
+            presence_penalty=presence_penalty,
+            frequency_penalty=frequency_penalty,
+        )
+
+    async def generate(
+        self, prompt_ids: list[int], sampling: SamplingParams, stop: Sequence[str] = ()
+    ) -> AsyncIterator[TextDelta | Finished]:
+        request = EngineRequest(f"req-{uuid.uuid4().hex}", prompt_ids, sampling)
+        detok = IncrementalDetokenizer(self.tokenizer, context=prompt_ids)
+        matcher = StopMatcher(list(stop))
+        produced = 0
+        # aclosing: leaving this loop early (a stop string, a client gone)
+        # closes the engine stream, which cancels the request within one step.
+        async with aclosing(self.engine.generate(request)) as outputs:
+            async for out in outputs:
+                produced += len(out.new_token_ids)
+                piece = detok.push(out.new_token_ids)
+                if out.finished:
+                    piece += detok.flush()
+                text = matcher.push(piece)
+                if out.finished and not matcher.stopped:
+                    text += matcher.flush()
+                if text:
+                    yield TextDelta(text)
+                if matcher.stopped or out.finished:
+                    reason: FinishReason = "stop" if matcher.stopped else (
+                        out.finish_reason or "stop"
+                    )
+                    yield Finished(reason, len(prompt_ids), produced, out.num_cached_tokens)
+                    return
