@@ -57,9 +57,16 @@ def to_chat_messages(body: ChatCompletionRequest, card: ModelCard) -> list[ChatM
     if body.n is not None and body.n > 1:
         raise APIError(400, "n > 1 is not supported yet; send n separate requests",
                        param="n", code="invalid_value")
-    if body.logprobs:
-        raise APIError(400, "logprobs are not supported yet", param="logprobs",
-                       code="invalid_value")
+    unsupported = {
+        "logprobs": bool(body.logprobs),
+        "prompt_logprobs": bool(body.prompt_logprobs),
+        "guardrails": bool(body.guardrails),
+        "repetition_penalty": body.repetition_penalty not in (None, 1.0),
+    }
+    for param, used in unsupported.items():
+        if used:
+            raise APIError(400, f"{param} is not supported yet", param=param,
+                           code="invalid_value")
 
     last = len(body.messages) - 1
     out: list[ChatMessage] = []

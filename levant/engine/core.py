@@ -79,7 +79,10 @@ class LLMEngine:
             if cancelled():
                 yield output([], "abort")
                 return
-            token = sample(apply_penalties(logits, counts, params), params, generator)
+            logits = apply_penalties(logits, counts, params)
+            if produced <= params.min_tokens and stop_ids:
+                logits[list(stop_ids)] = float("-inf")
+            token = sample(logits, params, generator)
             counts[token] += 1
             reason: FinishReason | None = None
             if token in stop_ids and not params.ignore_eos:

@@ -23,6 +23,8 @@ class SamplingParams:
     """0 disables top-k."""
     max_tokens: int | None = None
     """None: until the context window is full."""
+    min_tokens: int = 0
+    """End-of-sequence tokens are suppressed until this many tokens are produced."""
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

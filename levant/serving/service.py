@@ -60,6 +60,8 @@ class ModelService:
         top_p: float,
         max_tokens: int | None,
         seed: int | None,
+        top_k: int = 0,
+        min_tokens: int = 0,
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
     ) -> SamplingParams:
@@ -68,6 +70,8 @@ class ModelService:
         return SamplingParams(
             temperature=0.7 if temperature is None else temperature,
             top_p=top_p,
+            top_k=top_k,
+            min_tokens=min_tokens,
             max_tokens=max_tokens,
             seed=seed,
             stop_token_ids=self.tokenizer.eos_ids,

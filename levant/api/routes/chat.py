@@ -70,7 +70,8 @@ async def chat_completions(
         ) from exc
     sampling = service.sampling(
         temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
-        seed=body.effective_seed, presence_penalty=body.presence_penalty,
+        seed=body.effective_seed, top_k=body.top_k or 0, min_tokens=body.min_tokens or 0,
+        presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
     )
     prefix = messages[-1].content if messages[-1].prefix else ""

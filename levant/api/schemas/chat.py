@@ -69,6 +69,9 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     random_seed: int | None = Field(default=None, ge=0)
     seed: int | None = None
+    top_k: int | None = Field(default=None, ge=0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     n: int | None = Field(default=None, ge=1)
@@ -87,6 +90,10 @@ class ChatCompletionRequest(BaseModel):
     service_tier: str | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    prompt_logprobs: bool | None = None
+    top_prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
+    guardrails: list[dict[str, Any]] | None = None
+    reasoning_effort: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -94,6 +101,12 @@ class ChatCompletionRequest(BaseModel):
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if len(stops) > 16:
                 raise ValueError("stop accepts at most 16 sequences")
+        if (
+            self.min_tokens is not None
+            and self.effective_max_tokens is not None
+            and self.min_tokens > self.effective_max_tokens
+        ):
+            raise ValueError("min_tokens must not exceed max_tokens")
         if isinstance(self.tool_choice, str) and self.tool_choice not in (
             "auto", "none", "any", "required"
         ):

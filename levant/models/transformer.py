@@ -1,0 +1,269 @@
+"""A decoder-only transformer for the Llama / Mistral family, with a KV cache.
+
+Boundary: token ids and absolute positions in, float32 logits out. No sampling,
+batching policy, tokenization or file formats here (loaders produce our names).
+
+Parameter names are Mistral's consolidated names (``tok_embeddings``,
+``layers.{i}.attention.wq``, ``feed_forward.w1`` ...). Rotary layout: the
+Meta / Mistral-consolidated *interleaved pairs* layout, i.e. within each head the
+rotated pairs are dimensions ``(0, 1), (2, 3), ...``. GGUF and consolidated
+checkpoints are stored that way already; HF safetensors store q/k permuted to a
+half-split layout, which ``loaders.hf`` undoes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from levant.models.config import ModelConfig, RopeScaling
+
+
+@dataclass
+class KVCache:
+    """Contiguous per-layer key/value cache: position ``p`` lives in slot ``p``."""
+
+    keys: list[torch.Tensor]  # n_layers x (B, n_kv_heads, max_len, head_dim)
+    values: list[torch.Tensor]  # n_layers x (B, n_kv_heads, max_len, head_dim)
+
+    @classmethod
+    def allocate(
+        cls,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> KVCache:
+        shape = (batch_size, config.n_kv_heads, max_len, config.head_dim)
+        return cls(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.keys[0].shape[2]
+
+    def update(
+        self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv_heads, T, head_dim) at start_pos; return all keys/values so far."""
+        end = start_pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, asked for {end}")
+        self.keys[layer][:, :, start_pos:end] = k
+        self.values[layer][:, :, start_pos:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> torch.Tensor:
+    """Inverse frequencies (head_dim // 2,) float32, with optional Llama-3 / linear scaling."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    if scaling.rope_type != "llama3":
+        raise ValueError(f"unsupported rope scaling type {scaling.rope_type!r}")
+    # Llama 3.1: keep high frequencies, divide low frequencies by `factor`, and
+    # interpolate smoothly in between (wavelengths measured against the original context).
+    low_freq_wavelen = scaling.original_max_position / scaling.low_freq_factor
+    high_freq_wavelen = scaling.original_max_position / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (scaling.original_max_position / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    is_medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs: x (B, T, n_heads, head_dim), cos/sin (T, head_dim // 2)."""
+    xf = x.float().unflatten(-1, (-1, 2))  # (B, T, n_heads, head_dim // 2, 2)
+    x0, x1 = xf[..., 0], xf[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, head_dim // 2)
+    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def attention_mask(
+    start_pos: int, seq_len: int, sliding_window: int | None, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (T, start_pos + T) mask, True where a query may attend.
+
+    Query at position q sees key k iff k <= q and q - k < sliding_window (itself included).
+    None when plain causal attention is exact: a single query that sees the whole cache, or a
+    prefill from position 0 (SDPA's ``is_causal``) with the window not yet binding.
+    """
+    kv_len = start_pos + seq_len
+    if (sliding_window is None or kv_len <= sliding_window) and (seq_len == 1 or start_pos == 0):
+        return None
+    q_pos = torch.arange(start_pos, kv_len, device=device)[:, None]  # (T, 1)
+    k_pos = torch.arange(kv_len, device=device)[None, :]  # (1, start_pos + T)
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= q_pos - k_pos < sliding_window
+    return mask
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the model dtype, then scale in the model dtype.
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.wq = nn.Linear(config.dim, config.n_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        start_pos: int,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape  # (B, T, dim)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q = apply_rotary_emb(q, cos, sin)
+        k = apply_rotary_emb(k, cos, sin)
+
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
+        if cache is not None:
+            k, v = cache.update(layer, start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
+
+        # No mask: either one query attending to everything, or a causal prefill from 0.
+        is_causal = mask is None and T > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_heads != self.n_kv_heads
+        )  # (B, n_heads, T, head_dim)
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 is the gate, w3 the up projection, w2 the down."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)
+        self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        start_pos: int,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, start_pos, cache, self.layer)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    inv_freq: torch.Tensor
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        # With tied embeddings there is no `output` parameter: logits use tok_embeddings.weight.
+        self.output = (
+            None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+        )
+        # Derived from the config, not stored in checkpoints; kept float32 whatever the dtype.
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self) -> torch.Tensor:
+        c = self.config
+        return rope_frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+
+    def reset_rope(self, device: torch.device) -> None:
+        """Recompute the float32 rotary frequencies on ``device`` (after meta-device init)."""
+        self.inv_freq = self._inv_freq().to(device)
+
+    def forward(
+        self, tokens: torch.Tensor, start_pos: int, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        """tokens (B, T) int64 at absolute positions start_pos..start_pos+T-1.
+
+        With a cache, keys/values are written at those positions and attention covers
+        positions [0, start_pos+T) (minus the sliding window); without a cache, start_pos
+        must be 0 and it's a plain full-sequence forward. Returns logits (B, T, vocab) in
+        float32.
+        """
+        if cache is None and start_pos != 0:
+            raise ValueError("start_pos must be 0 without a KV cache")
+        _, T = tokens.shape
+        positions = torch.arange(start_pos, start_pos + T, device=tokens.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq)  # (T, head_dim // 2)
+        cos, sin = angles.cos(), angles.sin()
+        mask = attention_mask(start_pos, T, self.config.sliding_window, tokens.device)
+
+        h = self.tok_embeddings(tokens)  # (B, T, dim)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, start_pos, cache)
+        h = self.norm(h)
+        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
+        return F.linear(h, weight).float()  # (B, T, vocab)
+
+
+def build_model(
+    config: ModelConfig,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> Transformer:
+    """Instantiate without allocating random weights, load ``state_dict`` strictly, eval mode."""
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = Transformer(config)
+    weights = {name: t.to(device=device, dtype=dtype) for name, t in state_dict.items()}
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.reset_rope(device)
+    model.requires_grad_(False)
+    return model.eval()
