@@ -92,7 +92,10 @@ def read_gguf_tokenizer_metadata(path: Path) -> GGUFTokenizerMetadata:
     model = get("tokenizer.ggml.model")
     if model is None:
         raise ValueError(f"{path}: GGUF file has no tokenizer (no tokenizer.ggml.model key)")
-    eot_ids = (optional_int("tokenizer.ggml.eot_token_id"), optional_int("tokenizer.ggml.eom_token_id"))
+    eot_ids = (
+        optional_int("tokenizer.ggml.eot_token_id"),
+        optional_int("tokenizer.ggml.eom_token_id"),
+    )
     return GGUFTokenizerMetadata(
         model=str(model),
         pre=get("tokenizer.ggml.pre"),
