@@ -17,16 +17,16 @@ from levant.catalog.store import ChecksumMismatch, ModelStore
 
 
 class PullFailed(SourceUnavailable):
-    """No source could provide a file; ``reasons`` holds (source, why) for each."""
+    """No source could provide a file; ``reasons`` says why, one line per source tried."""
 
-    def __init__(self, card: ModelCard, file: WeightFile, reasons: list[tuple[str, str]]) -> None:
+    def __init__(self, card: ModelCard, file: WeightFile, reasons: list[str]) -> None:
         self.card = card
         self.file = file
         self.reasons = reasons
         if not reasons:
             message = f"Cannot pull {card.id}: the catalogue lists no source for it"
         else:
-            lines = "".join(f"\n  - {where}: {why}" for where, why in reasons)
+            lines = "".join(f"\n  - {why}" for why in reasons)
             message = f"Cannot pull {card.id} ({file.path}) from any source:{lines}"
         super().__init__(message)
 
@@ -70,27 +70,28 @@ def _fetch_file(
     *,
     verify: bool,
 ) -> None:
-    reasons: list[tuple[str, str]] = []
+    reasons: list[str] = []
     with store.staging(file) as partial:
         if not verify and store.has_blob(file):  # another pull finished it while we waited
             return
         for fetcher in fetchers:
             for attempt in range(2):
                 resumed = 0
+                progress.note(f"{file.path}: trying {fetcher.describe()}")
                 try:
                     resumed = fetcher.fetch(card, file, partial, progress)
                     progress.begin(f"verifying {file.path}", total=file.size)
                     store.commit(file, partial, on_bytes=progress.advance)
                     return
-                except SourceUnavailable as exc:
-                    reasons.append((fetcher.describe(), str(exc)))
-                    progress.note(f"{fetcher.describe()}: {exc}")
+                except SourceUnavailable as exc:  # its message names the source
+                    reasons.append(str(exc))
+                    progress.note(str(exc))
                     break
                 except ChecksumMismatch as exc:  # commit() has deleted the partial file
                     if resumed and attempt == 0:
                         progress.note(f"{file.path}: resumed transfer did not verify; restarting")
                         continue
-                    reasons.append((fetcher.describe(), str(exc)))
-                    progress.note(f"{fetcher.describe()}: {exc}")
+                    reasons.append(f"{fetcher.describe()}: {exc}")
+                    progress.note(reasons[-1])
                     break
     raise PullFailed(card, file, reasons)

@@ -10,12 +10,15 @@ that bytes are good: the store verifies. Each failure is a
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -84,7 +87,9 @@ class LocalFetcher:
         src = self._locate(card, file)
         size = src.stat().st_size
         if size != file.size:
-            raise SourceUnavailable(f"{src} is {size} bytes, the catalogue says {file.size}")
+            raise SourceUnavailable(
+                f"local file {src} is {size} bytes, the catalogue says {file.size}"
+            )
         offset = dest.stat().st_size if dest.exists() else 0
         if offset > file.size:
             offset = 0
@@ -96,7 +101,7 @@ class LocalFetcher:
                 reader.seek(offset)
                 _pump(reader, writer, progress)
         except OSError as exc:
-            raise SourceUnavailable(f"cannot read {src}: {exc}") from exc
+            raise SourceUnavailable(f"cannot read local file {src}: {exc}") from exc
         return offset
 
     def cleanup(self) -> None:
@@ -186,16 +191,17 @@ class HubFetcher:
 
         where = f"{self.source.repo_id}@{self.source.revision}"
         try:
-            return Path(
-                hf_hub_download(
-                    self.source.repo_id,
-                    filename,
-                    revision=self.source.revision,
-                    local_dir=self.staging,
-                    endpoint=self.settings.hf_endpoint,
-                    tqdm_class=_hub_tqdm(progress, description),
+            with _quiet_hub_logs():
+                return Path(
+                    hf_hub_download(
+                        self.source.repo_id,
+                        filename,
+                        revision=self.source.revision,
+                        local_dir=self.staging,
+                        endpoint=self.settings.hf_endpoint,
+                        tqdm_class=_hub_tqdm(progress, description),
+                    )
                 )
-            )
         except RepositoryNotFoundError as exc:
             raise SourceUnavailable(
                 f"Hugging Face Hub: repository {self.source.repo_id} not found (or gated)"
@@ -288,8 +294,8 @@ class PyPIFetcher:
 
 
 _UNREACHABLE = (
-    "NewConnectionError",
     "Failed to establish a new connection",
+    "NewConnectionError",
     "Name or service not known",
     "Temporary failure in name resolution",
     "Network is unreachable",
@@ -303,11 +309,15 @@ _UNREACHABLE = (
 def _pip_failure(where: str, output: str) -> str:
     if "No module named pip" in output:
         return f"{where}: pip is not installed for {sys.executable}"
-    errors = [line.removeprefix("ERROR: ") for line in output.splitlines() if line.startswith("ERROR:")]
+    errors = [
+        line.removeprefix("ERROR: ") for line in output.splitlines() if line.startswith("ERROR:")
+    ]
     lines = [line for line in output.splitlines() if line.strip()]
     reason = "; ".join(errors) or (lines[-1] if lines else "pip failed with no output")
-    if any(marker in output for marker in _UNREACHABLE):
-        return f"PyPI unreachable ({where}): {reason}"
+    for marker in _UNREACHABLE:
+        if (at := output.find(marker)) >= 0:
+            cause = output[at:].splitlines()[0][:160]
+            return f"PyPI unreachable ({where}): {cause}; {reason}"
     return f"{where}: {reason}"
 
 
@@ -315,6 +325,18 @@ def _pump(reader: IO[bytes], writer: IO[bytes], progress: Progress) -> None:
     while chunk := reader.read(CHUNK):
         writer.write(chunk)
         progress.advance(len(chunk))
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs() -> Iterator[None]:
+    """Mute huggingface_hub's per-retry warnings; our SourceUnavailable carries the cause."""
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def _hub_tqdm(progress: Progress, description: str) -> type[HfTqdm]:
@@ -325,20 +347,20 @@ def _hub_tqdm(progress: Progress, description: str) -> type[HfTqdm]:
     """
     from huggingface_hub.utils.tqdm import tqdm as base
 
-    state = {"primary": None}
+    state: dict[str, object] = {}
 
-    class Forwarding(base):  # type: ignore[misc,valid-type]
+    class Forwarding(base):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-            if state["primary"] is None:
+            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+            if "primary" not in state:
                 state["primary"] = self
                 total = kwargs.get("total")
                 initial = int(kwargs.get("initial") or 0)
                 progress.begin(description, total=int(total) if total else None, completed=initial)
 
         def update(self, n: float | None = 1) -> bool | None:
-            if state["primary"] is self and n:
+            if state.get("primary") is self and n:
                 progress.advance(int(n))
             return None
 

@@ -39,16 +39,15 @@ def pull(
 ) -> None:
     """Download a model's weights into the local store (verified by sha256)."""
     settings = get_settings()
-    err = Console(stderr=True)
     try:
         card = load_catalog(settings).get(model)
         extra: list[Source] = [LocalSource(path=str(from_path))] if from_path else []
-        with RichProgress(err) as progress:
+        with RichProgress(Console(stderr=True)) as progress:
             path = pull_model(
                 card, ModelStore(settings), extra_sources=extra, progress=progress, verify=verify
             )
     except (ModelNotFound, CatalogError, SourceUnavailable) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{card.id} is ready in {path}")
 
@@ -60,7 +59,7 @@ def models() -> None:
     try:
         catalog = load_catalog(settings)
     except CatalogError as exc:
-        Console(stderr=True).print(f"error: {exc}", markup=False, highlight=False)
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     store = ModelStore(settings)
     table = Table("id", "track", "licence", "context", "format", "size", "pulled")
