@@ -43,6 +43,11 @@ def _usage(done: Finished) -> Usage:
     )
 
 
+def _chunk_wire(chunk: ChatCompletionChunk) -> dict[str, object]:
+    """``finish_reason`` is always present (null until the end); ``usage`` only at the end."""
+    return chunk.model_dump(exclude={"usage"} if chunk.usage is None else set())
+
+
 def _finish_reason(reason: str, dialect: Dialect) -> str:
     # OpenAI has no model_length: its clients know the same condition as "length".
     return "length" if reason == "model_length" and dialect == "openai" else reason
@@ -103,7 +108,7 @@ async def chat_completions(
             id=completion_id, created=created, model=model_name,
             choices=[StreamChoice(index=0, delta=delta, finish_reason=finish)], usage=usage,
         )
-        return sse_event(c.model_dump(exclude_none=True))
+        return sse_event(_chunk_wire(c))
 
     async def stream() -> AsyncIterator[bytes]:
         yield chunk(Delta(role="assistant", content=prefix))
@@ -121,7 +126,7 @@ async def chat_completions(
                     if include_usage_chunk:
                         final = ChatCompletionChunk(id=completion_id, created=created,
                                                     model=model_name, choices=[], usage=usage)
-                        yield sse_event(final.model_dump(exclude_none=True))
+                        yield sse_event(_chunk_wire(final))
         except Exception as exc:  # headers are sent: report in-band, never a trace
             err = APIError(500, f"Generation failed: {type(exc).__name__}",
                            type="internal_error")
