@@ -154,3 +154,8 @@ def _guarded(action: Callable[[], object]) -> None:
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    finally:
+        if _registry.cache_info().currsize:
+            # Join the engine thread before exit: a torch thread torn down by
+            # interpreter shutdown aborts the process.
+            _registry().shutdown()
