@@ -16,7 +16,9 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "mistral-openapi.yaml"
+SPEC_PATH = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "mistral-openapi.yaml"
+)
 _URI = "urn:mistral-openapi"
 
 

@@ -52,8 +52,9 @@ def create_app(
         task.cancel()
         registry.shutdown()
 
-    app = FastAPI(title="Levant", version=__version__, lifespan=lifespan,
-                  docs_url="/docs", redoc_url=None)
+    app = FastAPI(
+        title="Levant", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
+    )
     app.state.levant = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

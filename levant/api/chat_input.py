@@ -31,32 +31,45 @@ def _text(message: Message, index: int, card: ModelCard) -> str:
             parts.append(part.text)
         elif part.type in ("image_url", "input_image", "image"):
             raise APIError(
-                400, f"Model '{card.id}' does not support image input (capability: vision)",
-                param=f"messages[{index}].content", code="unsupported_capability",
+                400,
+                f"Model '{card.id}' does not support image input (capability: vision)",
+                param=f"messages[{index}].content",
+                code="unsupported_capability",
             )
         else:
             raise APIError(
-                400, f"Unsupported content part type '{part.type}'",
-                param=f"messages[{index}].content", code="invalid_value",
+                400,
+                f"Unsupported content part type '{part.type}'",
+                param=f"messages[{index}].content",
+                code="invalid_value",
             )
     return "".join(parts)
 
 
 def to_chat_messages(body: ChatCompletionRequest, card: ModelCard) -> list[ChatMessage]:
-    if (body.tools or any(m.role == "tool" or m.tool_calls for m in body.messages)) and \
-            not card.capabilities.function_calling:
+    if (
+        body.tools or any(m.role == "tool" or m.tool_calls for m in body.messages)
+    ) and not card.capabilities.function_calling:
         raise APIError(
-            400, f"Model '{card.id}' does not support tool calling (capability: function_calling)",
-            param="tools", code="unsupported_capability",
+            400,
+            f"Model '{card.id}' does not support tool calling (capability: function_calling)",
+            param="tools",
+            code="unsupported_capability",
         )
     if body.response_format is not None and body.response_format.type != "text":
         raise APIError(
-            400, f"response_format '{body.response_format.type}' is not supported "
-            f"by model '{card.id}'", param="response_format", code="unsupported_capability",
+            400,
+            f"response_format '{body.response_format.type}' is not supported by model '{card.id}'",
+            param="response_format",
+            code="unsupported_capability",
         )
     if body.n is not None and body.n > 1:
-        raise APIError(400, "n > 1 is not supported yet; send n separate requests",
-                       param="n", code="invalid_value")
+        raise APIError(
+            400,
+            "n > 1 is not supported yet; send n separate requests",
+            param="n",
+            code="invalid_value",
+        )
     unsupported = {
         "logprobs": bool(body.logprobs),
         "prompt_logprobs": bool(body.prompt_logprobs),
@@ -65,24 +78,35 @@ def to_chat_messages(body: ChatCompletionRequest, card: ModelCard) -> list[ChatM
     }
     for param, used in unsupported.items():
         if used:
-            raise APIError(400, f"{param} is not supported yet", param=param,
-                           code="invalid_value")
+            raise APIError(400, f"{param} is not supported yet", param=param, code="invalid_value")
 
     last = len(body.messages) - 1
     out: list[ChatMessage] = []
     for i, m in enumerate(body.messages):
         if m.prefix and (m.role != "assistant" or i != last):
-            raise APIError(400, "prefix is only allowed on the last message, "
-                           "which must be an assistant message",
-                           param=f"messages[{i}].prefix", code="invalid_value")
+            raise APIError(
+                400,
+                "prefix is only allowed on the last message, which must be an assistant message",
+                param=f"messages[{i}].prefix",
+                code="invalid_value",
+            )
         role = "system" if m.role == "developer" else m.role
-        out.append(ChatMessage(role=role, content=_text(m, i, card), prefix=m.prefix,
-                               name=m.name, tool_call_id=m.tool_call_id))
+        out.append(
+            ChatMessage(
+                role=role,
+                content=_text(m, i, card),
+                prefix=m.prefix,
+                name=m.name,
+                tool_call_id=m.tool_call_id,
+            )
+        )
     final = body.messages[last]
     if final.role not in ("user", "tool") and not (final.role == "assistant" and final.prefix):
         raise APIError(
-            400, f"Expected last role user or tool (or assistant with prefix true) "
-            f"but got {final.role}", param=f"messages[{last}].role", code="invalid_value",
+            400,
+            f"Expected last role user or tool (or assistant with prefix true) but got {final.role}",
+            param=f"messages[{last}].role",
+            code="invalid_value",
         )
     if body.safe_prompt:
         if out[0].role == "system":

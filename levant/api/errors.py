@@ -117,7 +117,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Log the type only: messages can carry request content (prompts).
-        log.error("internal error on %s %s: %s", request.method, request.url.path,
-                  type(exc).__name__)
+        log.error(
+            "internal error on %s %s: %s", request.method, request.url.path, type(exc).__name__
+        )
         err = APIError(500, "Internal server error", type="internal_error")
         return error_response(request, err)

@@ -13,8 +13,9 @@ async def service_for(state: AppState, name: str) -> ModelService:
     try:
         return await state.registry.get(name)
     except (ModelNotFound, ModelNotAvailable) as exc:
-        raise APIError(404, _missing(name, exc), type="not_found_error", param="model",
-                       code="model_not_found") from exc
+        raise APIError(
+            404, _missing(name, exc), type="not_found_error", param="model", code="model_not_found"
+        ) from exc
 
 
 def _missing(name: str, exc: Exception) -> str:

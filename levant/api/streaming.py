@@ -15,8 +15,9 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
-def sse_response(events: AsyncIterator[bytes], headers: dict[str, str] | None = None
-                 ) -> StreamingResponse:
+def sse_response(
+    events: AsyncIterator[bytes], headers: dict[str, str] | None = None
+) -> StreamingResponse:
     return StreamingResponse(
         events,
         media_type="text/event-stream",

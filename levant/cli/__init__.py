@@ -16,5 +16,5 @@ app = typer.Typer(
 )
 
 # Registration happens on import; keep these imports below ``app``.
-from levant.cli import store as _store  # noqa: E402,F401
 from levant.cli import serve as _serve  # noqa: E402,F401
+from levant.cli import store as _store  # noqa: E402,F401

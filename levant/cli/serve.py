@@ -1,4 +1,4 @@
-"""``levant serve``, ``levant run`` and ``levant chat``: serve over HTTP, or talk in the terminal."""
+"""``levant serve``, ``levant run``, ``levant chat``: serve over HTTP, or talk in a terminal."""
 
 from __future__ import annotations
 
@@ -35,10 +35,15 @@ def _ensure_pulled(settings: Settings, name: str) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", "-m", help="Model(s) to load at start-up (default: LEVANT_DEFAULT_MODEL).")] = None,
-    pull_missing: Annotated[bool, typer.Option(
-        "--pull", help="Pull the start-up models first if they are missing.")] = False,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model", "-m", help="Model(s) to load at start-up (default: LEVANT_DEFAULT_MODEL)."
+        ),
+    ] = None,
+    pull_missing: Annotated[
+        bool, typer.Option("--pull", help="Pull the start-up models first if they are missing.")
+    ] = False,
 ) -> None:
     """Serve the API on HTTP."""
     import uvicorn
@@ -51,7 +56,9 @@ def serve(
     host = host or settings.host
     port = port or settings.port
     names = model or [settings.default_model]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if pull_missing:
             for name in names:
@@ -65,20 +72,22 @@ def serve(
     typer.echo("Try it:")
     typer.echo(
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f"-d '{{\"model\": \"{names[0]}\", \"messages\": [{{\"role\": \"user\", "
-        f"\"content\": \"Say hello in French.\"}}]}}'"
+        f'-d \'{{"model": "{names[0]}", "messages": [{{"role": "user", '
+        f'"content": "Say hello in French."}}]}}\''
     )
     uvicorn.run(application, host=host, port=port, log_level="info")
 
 
-async def _stream_reply(name: str, messages: list[ChatMessage], max_tokens: int | None,
-                        temperature: float | None) -> str:
+async def _stream_reply(
+    name: str, messages: list[ChatMessage], max_tokens: int | None, temperature: float | None
+) -> str:
     from levant.serving.service import TextDelta
 
     service = await _registry().get(name)
     ids = service.prepare(messages, max_tokens)
-    sampling = service.sampling(temperature=temperature, top_p=1.0, max_tokens=max_tokens,
-                                seed=None)
+    sampling = service.sampling(
+        temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=None
+    )
     reply: list[str] = []
     async for ev in service.generate(ids, sampling):
         if isinstance(ev, TextDelta):
@@ -132,7 +141,7 @@ def chat(
             if not line.strip():
                 return
             if line.strip() == "/reset":
-                del history[int(bool(system)):]
+                del history[int(bool(system)) :]
                 continue
             history.append(ChatMessage("user", line))
             reply = await _stream_reply(model, history, max_tokens, temperature)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from levant.engine.core import LLMEngine
@@ -41,7 +41,7 @@ class AsyncEngine:
     def num_waiting(self) -> int:
         return self._jobs.qsize()
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Yield the request's outputs; closing the iterator cancels the request."""
         loop = asyncio.get_running_loop()
         job = _Job(request, loop, asyncio.Queue())

@@ -64,9 +64,7 @@ class LLMEngine:
         stop_ids = params.stop_token_ids
 
         def output(tokens: list[int], reason: FinishReason | None) -> EngineOutput:
-            return EngineOutput(
-                request.request_id, tokens, reason is not None, reason, n_prompt, 0
-            )
+            return EngineOutput(request.request_id, tokens, reason is not None, reason, n_prompt, 0)
 
         if budget == 0:
             yield output([], "length")

@@ -49,9 +49,7 @@ def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tenso
     return probs
 
 
-def sample(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
-) -> int:
+def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """One token id from (vocab,) logits."""
     if params.temperature <= 0.0:
         return int(torch.argmax(logits).item())

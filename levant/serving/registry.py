@@ -41,7 +41,9 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     def servable_cards(self) -> list[ModelCard]:
-        return [c for c in self.catalog.cards() if c.id in self._services or self.store.is_pulled(c)]
+        return [
+            c for c in self.catalog.cards() if c.id in self._services or self.store.is_pulled(c)
+        ]
 
     def resolve(self, name: str) -> ModelCard:
         """The card for ``name`` (id or alias) if this process can serve it."""
@@ -75,8 +77,11 @@ class ModelRegistry:
             dtype = _DTYPES[self.settings.dtype]
             model = build_model(config, state_dict, dtype=dtype, device=self.settings.device)
             engine = LLMEngine(
-                model, config, max_context=card.max_context_length,
-                device=self.settings.device, dtype=dtype,
+                model,
+                config,
+                max_context=card.max_context_length,
+                device=self.settings.device,
+                dtype=dtype,
             )
             service = ModelService(card, load_tokenizer(path), AsyncEngine(engine))
             self._services[card.id] = service

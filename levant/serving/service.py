@@ -8,7 +8,7 @@ deltas, finishing with the reason and the token counts.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -81,7 +81,7 @@ class ModelService:
 
     async def generate(
         self, prompt_ids: list[int], sampling: SamplingParams, stop: Sequence[str] = ()
-    ) -> AsyncIterator[TextDelta | Finished]:
+    ) -> AsyncGenerator[TextDelta | Finished, None]:
         request = EngineRequest(f"req-{uuid.uuid4().hex}", prompt_ids, sampling)
         detok = IncrementalDetokenizer(self.tokenizer, context=prompt_ids)
         matcher = StopMatcher(list(stop))
@@ -100,8 +100,8 @@ class ModelService:
                 if text:
                     yield TextDelta(text)
                 if matcher.stopped or out.finished:
-                    reason: FinishReason = "stop" if matcher.stopped else (
-                        out.finish_reason or "stop"
+                    reason: FinishReason = (
+                        "stop" if matcher.stopped else (out.finish_reason or "stop")
                     )
                     yield Finished(reason, len(prompt_ids), produced, out.num_cached_tokens)
                     return

@@ -26,8 +26,9 @@ def openai_client(live_server: LiveServer) -> OpenAI:
 
 
 def test_mistral_complete(mistral: Mistral) -> None:
-    res = mistral.chat.complete(model=DEFAULT_MODEL, messages=QUESTION, max_tokens=24,
-                                temperature=0)
+    res = mistral.chat.complete(
+        model=DEFAULT_MODEL, messages=QUESTION, max_tokens=24, temperature=0
+    )
     assert res.choices[0].message.content
     assert res.choices[0].finish_reason in ("stop", "length")
     assert res.usage.prompt_tokens > 0
@@ -36,13 +37,15 @@ def test_mistral_complete(mistral: Mistral) -> None:
 
 
 def test_mistral_stream_equals_non_stream_at_temperature_zero(mistral: Mistral) -> None:
-    full = mistral.chat.complete(model=DEFAULT_MODEL, messages=QUESTION, max_tokens=32,
-                                 temperature=0)
+    full = mistral.chat.complete(
+        model=DEFAULT_MODEL, messages=QUESTION, max_tokens=32, temperature=0
+    )
     pieces: list[str] = []
     usage = None
     finish = None
-    for event in mistral.chat.stream(model=DEFAULT_MODEL, messages=QUESTION, max_tokens=32,
-                                     temperature=0):
+    for event in mistral.chat.stream(
+        model=DEFAULT_MODEL, messages=QUESTION, max_tokens=32, temperature=0
+    ):
         choice = event.data.choices[0]
         if isinstance(choice.delta.content, str):
             pieces.append(choice.delta.content)
@@ -58,8 +61,9 @@ def test_mistral_stream_equals_non_stream_at_temperature_zero(mistral: Mistral) 
 
 def test_same_seed_same_output(mistral: Mistral) -> None:
     def draw(seed: int) -> str:
-        res = mistral.chat.complete(model=DEFAULT_MODEL, messages=QUESTION, max_tokens=16,
-                                    temperature=1.0, random_seed=seed)
+        res = mistral.chat.complete(
+            model=DEFAULT_MODEL, messages=QUESTION, max_tokens=16, temperature=1.0, random_seed=seed
+        )
         content = res.choices[0].message.content
         assert isinstance(content, str)
         return content
@@ -69,20 +73,32 @@ def test_same_seed_same_output(mistral: Mistral) -> None:
 
 
 def test_openai_complete_and_seed(openai_client: OpenAI) -> None:
-    a = openai_client.chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION,  # type: ignore[arg-type]
-                                              max_completion_tokens=16, seed=11,
-                                              temperature=0.9)
-    b = openai_client.chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION,  # type: ignore[arg-type]
-                                              max_completion_tokens=16, seed=11,
-                                              temperature=0.9)
+    a = openai_client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_completion_tokens=16,
+        seed=11,
+        temperature=0.9,
+    )
+    b = openai_client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_completion_tokens=16,
+        seed=11,
+        temperature=0.9,
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
     assert a.usage is not None and a.usage.completion_tokens <= 16
 
 
 def test_openai_stream_include_usage(openai_client: OpenAI) -> None:
     stream = openai_client.chat.completions.create(
-        model=DEFAULT_MODEL, messages=QUESTION, max_tokens=12, temperature=0,  # type: ignore[arg-type]
-        stream=True, stream_options={"include_usage": True},
+        model=DEFAULT_MODEL,
+        messages=QUESTION,
+        max_tokens=12,
+        temperature=0,  # type: ignore[arg-type]
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -90,8 +106,12 @@ def test_openai_stream_include_usage(openai_client: OpenAI) -> None:
     last = chunks[-1]
     assert last.choices == []
     assert last.usage is not None and last.usage.completion_tokens > 0
-    full = openai_client.chat.completions.create(model=DEFAULT_MODEL, messages=QUESTION,  # type: ignore[arg-type]
-                                                 max_tokens=12, temperature=0)
+    full = openai_client.chat.completions.create(
+        model=DEFAULT_MODEL,
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=12,
+        temperature=0,
+    )
     assert full.choices[0].message.content == text
 
 
@@ -102,10 +122,17 @@ def test_models_listed_in_both_sdks(mistral: Mistral, openai_client: OpenAI) -> 
 
 
 def test_max_tokens_gives_length(live_server: LiveServer) -> None:
-    r = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=60, json={
-        "model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 3, "temperature": 0,
-        "min_tokens": 3,
-    })
+    r = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": DEFAULT_MODEL,
+            "messages": QUESTION,
+            "max_tokens": 3,
+            "temperature": 0,
+            "min_tokens": 3,
+        },
+    )
     body = r.json()
     assert r.status_code == 200, body
     assert body["choices"][0]["finish_reason"] == "length"
@@ -132,10 +159,16 @@ def test_stop_string_across_tokens(live_server: LiveServer) -> None:
 
 def test_assistant_prefix_is_continued(live_server: LiveServer) -> None:
     prefix = "The three colours are"
-    r = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=60, json={
-        "model": DEFAULT_MODEL, "max_tokens": 12, "temperature": 0,
-        "messages": [*QUESTION, {"role": "assistant", "content": prefix, "prefix": True}],
-    })
+    r = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        timeout=60,
+        json={
+            "model": DEFAULT_MODEL,
+            "max_tokens": 12,
+            "temperature": 0,
+            "messages": [*QUESTION, {"role": "assistant", "content": prefix, "prefix": True}],
+        },
+    )
     content = r.json()["choices"][0]["message"]["content"]
     assert content.startswith(prefix) and len(content) > len(prefix)
 
@@ -149,16 +182,25 @@ def test_safe_prompt_changes_the_prompt(live_server: LiveServer) -> None:
 
 
 def test_responses_validate_against_mistral_spec(live_server: LiveServer) -> None:
-    r = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=60, json={
-        "model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 8})
+    r = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        timeout=60,
+        json={"model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 8},
+    )
     validate(r.json(), "ChatCompletionResponse")
     validate(httpx.get(f"{live_server.url}/v1/models").json(), "ModelList")
-    r = httpx.post(f"{live_server.url}/v1/chat/completions", timeout=60, json={
-        "model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 8, "stream": True})
+    r = httpx.post(
+        f"{live_server.url}/v1/chat/completions",
+        timeout=60,
+        json={"model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 8, "stream": True},
+    )
     import json
 
-    events = [json.loads(line[6:]) for line in r.text.splitlines()
-              if line.startswith("data: ") and line != "data: [DONE]"]
+    events = [
+        json.loads(line[6:])
+        for line in r.text.splitlines()
+        if line.startswith("data: ") and line != "data: [DONE]"
+    ]
     assert r.text.rstrip().endswith("data: [DONE]")
     for event in events:
         validate(event, "CompletionChunk")

@@ -24,8 +24,9 @@ def post(server: LiveServer, body: Any, **kw: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/chat/completions", timeout=60, **kw)
 
 
-def assert_error(r: httpx.Response, status: int, *, param: str | None = None,
-                 contains: str = "") -> dict[str, Any]:
+def assert_error(
+    r: httpx.Response, status: int, *, param: str | None = None, contains: str = ""
+) -> dict[str, Any]:
     assert r.status_code == status, r.text
     body = r.json()
     assert body["object"] == "error"
@@ -46,8 +47,9 @@ def test_unknown_model_is_404(live_server: LiveServer) -> None:
 
 
 def test_missing_field_is_422(live_server: LiveServer) -> None:
-    assert_error(post(live_server, {"model": DEFAULT_MODEL}), 422, param="messages",
-                 contains="Missing")
+    assert_error(
+        post(live_server, {"model": DEFAULT_MODEL}), 422, param="messages", contains="Missing"
+    )
 
 
 def test_out_of_range_is_422(live_server: LiveServer) -> None:
@@ -72,8 +74,9 @@ def test_malformed_json_is_400(live_server: LiveServer) -> None:
 
 def test_prompt_longer_than_context_is_400_naming_both_numbers(live_server: LiveServer) -> None:
     long_text = "word " * 9000
-    r = post(live_server, {"model": DEFAULT_MODEL,
-                           "messages": [{"role": "user", "content": long_text}]})
+    r = post(
+        live_server, {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": long_text}]}
+    )
     body = assert_error(r, 400, contains="8192")
     tokens = [int(w) for w in body["message"].replace("(", " ").split() if w.isdigit()]
     assert 8192 in tokens and any(t > 8192 for t in tokens)
@@ -98,11 +101,21 @@ def test_oversized_body_is_413(live_server: LiveServer) -> None:
 
 
 def test_last_message_must_be_user_or_prefix(live_server: LiveServer) -> None:
-    r = post(live_server, {"model": DEFAULT_MODEL, "messages": [
-        *OK_MESSAGES, {"role": "assistant", "content": "hello"}]})
+    r = post(
+        live_server,
+        {
+            "model": DEFAULT_MODEL,
+            "messages": [*OK_MESSAGES, {"role": "assistant", "content": "hello"}],
+        },
+    )
     assert_error(r, 400, contains="last role")
-    r = post(live_server, {"model": DEFAULT_MODEL, "messages": [
-        {"role": "assistant", "content": "x", "prefix": True}, *OK_MESSAGES]})
+    r = post(
+        live_server,
+        {
+            "model": DEFAULT_MODEL,
+            "messages": [{"role": "assistant", "content": "x", "prefix": True}, *OK_MESSAGES],
+        },
+    )
     assert_error(r, 400, param="messages[0].prefix")
 
 
@@ -111,8 +124,9 @@ def test_unsupported_capabilities_are_400(live_server: LiveServer) -> None:
     r = post(live_server, {"model": DEFAULT_MODEL, "messages": OK_MESSAGES, "tools": tools})
     assert_error(r, 400, contains="function_calling")
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": "http://x/y.png"}]}]
-    assert_error(post(live_server, {"model": DEFAULT_MODEL, "messages": image}), 400,
-                 contains="vision")
+    assert_error(
+        post(live_server, {"model": DEFAULT_MODEL, "messages": image}), 400, contains="vision"
+    )
 
 
 def test_unknown_route_and_method(live_server: LiveServer) -> None:
@@ -121,8 +135,11 @@ def test_unknown_route_and_method(live_server: LiveServer) -> None:
 
 
 def test_openai_clients_get_openai_error_shape(live_server: LiveServer) -> None:
-    r = post(live_server, {"model": "nope", "messages": OK_MESSAGES},
-             headers={"user-agent": "OpenAI/Python 3.57.0"})
+    r = post(
+        live_server,
+        {"model": "nope", "messages": OK_MESSAGES},
+        headers={"user-agent": "OpenAI/Python 3.57.0"},
+    )
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "model_not_found"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,8 +25,13 @@ def _env(home: Path) -> dict[str, str]:
 
 def test_serve_prints_url_and_curl_then_answers(model_home: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([*LEVANT, "serve", "--port", str(port)], env=_env(model_home),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*LEVANT, "serve", "--port", str(port)],
+        env=_env(model_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
@@ -35,15 +41,14 @@ def test_serve_prints_url_and_curl_then_answers(model_home: Path) -> None:
         deadline = time.monotonic() + 120
         status = 0
         while time.monotonic() < deadline and status != 200:
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code
-            except httpx.TransportError:
-                pass
             time.sleep(0.2)
         assert status == 200
         # the printed curl line, run by a shell, gets a real completion
-        out = subprocess.run(["bash", "-c", curl.strip() + " -s"], capture_output=True,
-                             text=True, timeout=120)
+        out = subprocess.run(
+            ["bash", "-c", curl.strip() + " -s"], capture_output=True, text=True, timeout=120
+        )
         assert '"chat.completion"' in out.stdout, out.stdout
     finally:
         proc.terminate()
@@ -51,24 +56,47 @@ def test_serve_prints_url_and_curl_then_answers(model_home: Path) -> None:
 
 
 def test_run_streams_a_reply(model_home: Path) -> None:
-    out = subprocess.run([*LEVANT, "run", "smollm2", "What is the capital of France?",
-                          "--max-tokens", "12", "--temperature", "0"],
-                         env=_env(model_home), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            *LEVANT,
+            "run",
+            "smollm2",
+            "What is the capital of France?",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "0",
+        ],
+        env=_env(model_home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
 
 
 def test_chat_repl_keeps_history(model_home: Path) -> None:
-    out = subprocess.run([*LEVANT, "chat", DEFAULT_MODEL, "--max-tokens", "8",
-                          "--temperature", "0"], input="Hello\nAnd again\n\n",
-                         env=_env(model_home), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [*LEVANT, "chat", DEFAULT_MODEL, "--max-tokens", "8", "--temperature", "0"],
+        input="Hello\nAnd again\n\n",
+        env=_env(model_home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(">>> ") == 3  # two turns answered, then the empty line ends it
 
 
 def test_run_unknown_model_is_one_clean_line(model_home: Path) -> None:
-    out = subprocess.run([*LEVANT, "run", "no-such-model", "hi"], env=_env(model_home),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*LEVANT, "run", "no-such-model", "hi"],
+        env=_env(model_home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 1
     assert "no-such-model" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout

@@ -44,6 +44,6 @@ def test_one_token_at_a_time_equals_full_decode(tokenizers: list[Tokenizer], tex
 def test_context_gives_the_leading_space(tokenizers: list[Tokenizer]) -> None:
     tok = tokenizers[2]  # sentencepiece: a word-initial piece carries "▁"
     prompt = tok.encode("Hello")
-    gen = tok.encode("Hello world")[len(prompt):]
+    gen = tok.encode("Hello world")[len(prompt) :]
     detok = IncrementalDetokenizer(tok, context=prompt)
     assert "".join(detok.push([i]) for i in gen) + detok.flush() == " world"

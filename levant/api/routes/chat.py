@@ -71,11 +71,16 @@ async def chat_completions(
             f"Prompt of {exc.prompt_tokens} tokens"
             + (" (including max_tokens)" if max_tokens else "")
             + f" exceeds the model's context length of {exc.max_context} tokens",
-            param="messages", code="context_length_exceeded",
+            param="messages",
+            code="context_length_exceeded",
         ) from exc
     sampling = service.sampling(
-        temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
-        seed=body.effective_seed, top_k=body.top_k or 0, min_tokens=body.min_tokens or 0,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=max_tokens,
+        seed=body.effective_seed,
+        top_k=body.top_k or 0,
+        min_tokens=body.min_tokens or 0,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
     )
@@ -95,9 +100,16 @@ async def chat_completions(
                 done = ev
         assert done is not None
         return ChatCompletionResponse(
-            id=completion_id, created=created, model=model_name,
-            choices=[Choice(index=0, message=AssistantMessage(content="".join(text)),
-                            finish_reason=_finish_reason(done.finish_reason, dialect))],
+            id=completion_id,
+            created=created,
+            model=model_name,
+            choices=[
+                Choice(
+                    index=0,
+                    message=AssistantMessage(content="".join(text)),
+                    finish_reason=_finish_reason(done.finish_reason, dialect),
+                )
+            ],
             usage=_usage(done),
         )
 
@@ -105,8 +117,11 @@ async def chat_completions(
 
     def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
         c = ChatCompletionChunk(
-            id=completion_id, created=created, model=model_name,
-            choices=[StreamChoice(index=0, delta=delta, finish_reason=finish)], usage=usage,
+            id=completion_id,
+            created=created,
+            model=model_name,
+            choices=[StreamChoice(index=0, delta=delta, finish_reason=finish)],
+            usage=usage,
         )
         return sse_event(_chunk_wire(c))
 
@@ -124,12 +139,16 @@ async def chat_completions(
                     reason = _finish_reason(ev.finish_reason, dialect)
                     yield chunk(Delta(content=""), reason, usage)
                     if include_usage_chunk:
-                        final = ChatCompletionChunk(id=completion_id, created=created,
-                                                    model=model_name, choices=[], usage=usage)
+                        final = ChatCompletionChunk(
+                            id=completion_id,
+                            created=created,
+                            model=model_name,
+                            choices=[],
+                            usage=usage,
+                        )
                         yield sse_event(_chunk_wire(final))
         except Exception as exc:  # headers are sent: report in-band, never a trace
-            err = APIError(500, f"Generation failed: {type(exc).__name__}",
-                           type="internal_error")
+            err = APIError(500, f"Generation failed: {type(exc).__name__}", type="internal_error")
             yield sse_event(error_body(err, dialect))
         yield DONE
 

@@ -25,6 +25,11 @@ async def get_model(model_id: str, state: StateDep) -> dict[str, Any]:
     try:
         card = state.registry.resolve(model_id)
     except (ModelNotFound, ModelNotAvailable) as exc:
-        raise APIError(404, f"Model '{model_id}' not found", type="not_found_error",
-                       param="model_id", code="model_not_found") from exc
+        raise APIError(
+            404,
+            f"Model '{model_id}' not found",
+            type="not_found_error",
+            param="model_id",
+            code="model_not_found",
+        ) from exc
     return model_card_wire(card)

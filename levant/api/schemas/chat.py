@@ -108,7 +108,10 @@ class ChatCompletionRequest(BaseModel):
         ):
             raise ValueError("min_tokens must not exceed max_tokens")
         if isinstance(self.tool_choice, str) and self.tool_choice not in (
-            "auto", "none", "any", "required"
+            "auto",
+            "none",
+            "any",
+            "required",
         ):
             raise ValueError("tool_choice must be auto, none, any, required or a function")
         return self
