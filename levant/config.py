@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     hf_endpoint: str | None = None
     """Hugging Face Hub endpoint override (a mirror)."""
 
+    database_url: str | None = None
+    """PostgreSQL (``postgresql://…``) or SQLite URL; default SQLite at ``<home>/levant.db``."""
+
+    secret: str | None = None
+    """HMAC secret for API keys (at least 32 characters); default ``<home>/secret`` (0600)."""
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"

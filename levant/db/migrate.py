@@ -1,0 +1,60 @@
+"""Schema migrations, run programmatically: ``upgrade(url)`` at start-up, no alembic.ini.
+
+Concurrent start-ups are safe: the upgrade runs in one transaction under a lock
+(an advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so the second
+process waits and then finds the schema already at head.
+
+Developers: ``python -m levant.db revision "message" [URL]`` autogenerates a
+revision against a database that is at head; ``upgrade [URL]`` applies them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
+
+from levant.db.engine import IMMEDIATE, make_engine
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_PG_LOCK_KEY = 0x6C6576616E74  # "levant"
+
+
+def alembic_config(url: str | URL | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+        cfg.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
+    """Bring the database at ``target`` up to ``revision`` (default: the latest)."""
+    engine = target if isinstance(target, Engine) else make_engine(target)
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(**{IMMEDIATE: True})
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                cfg = alembic_config()
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+    finally:
+        if engine is not target:
+            engine.dispose()

@@ -1,0 +1,1 @@
+"""Alembic migrations for levant.db (env.py, script template, versions/)."""

@@ -1,0 +1,1 @@
+"""Tests for levant.db: migrations, engines, column types."""
