@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default (one per core)."""
 
+    auth: bool = True
+    """Require an API key on every /v1 route. /health stays open."""
+
+    region: str = "local"
+    """The region this gateway serves from; recorded on every usage row."""
+
     max_request_bytes: int = 4 * 1024 * 1024
     """Request bodies above this size are refused with 413."""
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -57,11 +58,31 @@ class LiveServer:
         from levant.api.app import create_app
 
         self.app = create_app(settings, preload=preload)
+        self.state = self.app.state.levant
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.api_key = self.create_key("tests")
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def create_key(self, name: str, **scopes: Any) -> str:
+        """A fresh API key in the default workspace (plaintext, for the client under test)."""
+        from levant.access.keys import create_key
+
+        platform = self.state.platform
+        with platform.db.writing() as session:
+            created = create_key(session, platform.secret, name=name, actor="tests",
+                                 workspace_id=platform.bootstrap.workspace_id, **scopes)
+        return created.key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    def client(self) -> httpx.Client:
+        """An httpx client with this server's base URL and a valid key."""
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=120)
 
     def start(self, timeout: float = 120.0) -> None:
         self.thread.start()

@@ -10,6 +10,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from levant import __version__
+from levant.access.startup import Platform, open_platform
+from levant.access.usage import UsageWriter
 from levant.api.body_limit import BodyLimitMiddleware
 from levant.api.errors import install_error_handlers
 from levant.api.routes import chat, health, models
@@ -37,13 +39,26 @@ def create_app(
     settings: Settings | None = None,
     *,
     registry: ModelRegistry | None = None,
+    platform: Platform | None = None,
     preload: list[str] | None = None,
 ) -> FastAPI:
-    """Build the app. ``preload`` names models loaded at start-up (health is 503 until then)."""
+    """Build the app. ``preload`` names models loaded at start-up (health is 503 until then).
+
+    ``platform`` (database, secret, tenancy) is opened from ``settings`` when not given:
+    migrations run and a first start bootstraps the default workspace.
+    """
     settings = settings or get_settings()
     if registry is None:
         registry = ModelRegistry(settings, load_catalog(settings), ModelStore(settings))
-    state = AppState(settings=settings, registry=registry, preload=list(preload or []))
+    if platform is None:
+        platform = open_platform(settings)
+    state = AppState(
+        settings=settings,
+        registry=registry,
+        platform=platform,
+        usage=UsageWriter(platform.db.engine),
+        preload=list(preload or []),
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +66,8 @@ def create_app(
         yield
         task.cancel()
         registry.shutdown()
+        state.usage.close(timeout=10)
+        state.platform.close()
 
     app = FastAPI(
         title="Levant", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from levant.access.startup import Platform
+from levant.access.usage import UsageWriter
 from levant.config import Settings
 from levant.serving.registry import ModelRegistry
 
@@ -12,6 +14,9 @@ from levant.serving.registry import ModelRegistry
 class AppState:
     settings: Settings
     registry: ModelRegistry
+    platform: Platform
+    """Database, server secret and tenancy."""
+    usage: UsageWriter
     ready: bool = False
     """False while the default model loads: /health answers 503 until then."""
     load_error: str | None = None

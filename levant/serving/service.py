@@ -34,6 +34,16 @@ class Finished:
     cached_tokens: int = 0
 
 
+@dataclass
+class GenerationStats:
+    """Token counts as generation goes, so a cancelled request can still be metered."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: FinishReason | None = None
+
+
 class ModelService:
     def __init__(self, card: ModelCard, tokenizer: Tokenizer, engine: AsyncEngine) -> None:
         self.card = card
@@ -80,17 +90,23 @@ class ModelService:
         )
 
     async def generate(
-        self, prompt_ids: list[int], sampling: SamplingParams, stop: Sequence[str] = ()
+        self,
+        prompt_ids: list[int],
+        sampling: SamplingParams,
+        stop: Sequence[str] = (),
+        stats: GenerationStats | None = None,
     ) -> AsyncGenerator[TextDelta | Finished, None]:
         request = EngineRequest(f"req-{uuid.uuid4().hex}", prompt_ids, sampling)
         detok = IncrementalDetokenizer(self.tokenizer, context=prompt_ids)
         matcher = StopMatcher(list(stop))
-        produced = 0
+        stats = stats if stats is not None else GenerationStats()
+        stats.prompt_tokens = len(prompt_ids)
         # aclosing: leaving this loop early (a stop string, a client gone)
         # closes the engine stream, which cancels the request within one step.
         async with aclosing(self.engine.generate(request)) as outputs:
             async for out in outputs:
-                produced += len(out.new_token_ids)
+                stats.completion_tokens += len(out.new_token_ids)
+                stats.cached_tokens = out.num_cached_tokens
                 piece = detok.push(out.new_token_ids)
                 if out.finished:
                     piece += detok.flush()
@@ -103,5 +119,8 @@ class ModelService:
                     reason: FinishReason = (
                         "stop" if matcher.stopped else (out.finish_reason or "stop")
                     )
-                    yield Finished(reason, len(prompt_ids), produced, out.num_cached_tokens)
+                    stats.finish_reason = reason
+                    yield Finished(
+                        reason, len(prompt_ids), stats.completion_tokens, out.num_cached_tokens
+                    )
                     return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from mistralai.client import Mistral
 from openai import OpenAI
@@ -17,12 +16,12 @@ QUESTION = [{"role": "user", "content": "Name three colours of the rainbow."}]
 
 @pytest.fixture(scope="module")
 def mistral(live_server: LiveServer) -> Mistral:
-    return Mistral(api_key="unused", server_url=live_server.url)
+    return Mistral(api_key=live_server.api_key, server_url=live_server.url)
 
 
 @pytest.fixture(scope="module")
 def openai_client(live_server: LiveServer) -> OpenAI:
-    return OpenAI(api_key="unused", base_url=f"{live_server.url}/v1")
+    return OpenAI(api_key=live_server.api_key, base_url=f"{live_server.url}/v1")
 
 
 def test_mistral_complete(mistral: Mistral) -> None:
@@ -122,7 +121,7 @@ def test_models_listed_in_both_sdks(mistral: Mistral, openai_client: OpenAI) -> 
 
 
 def test_max_tokens_gives_length(live_server: LiveServer) -> None:
-    r = httpx.post(
+    r = live_server.client().post(
         f"{live_server.url}/v1/chat/completions",
         timeout=60,
         json={
@@ -142,12 +141,12 @@ def test_max_tokens_gives_length(live_server: LiveServer) -> None:
 def test_stop_string_across_tokens(live_server: LiveServer) -> None:
     url = f"{live_server.url}/v1/chat/completions"
     base = {"model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 32, "temperature": 0}
-    text = httpx.post(url, json=base, timeout=60).json()["choices"][0]["message"]["content"]
+    text = live_server.client().post(url, json=base, timeout=60).json()["choices"][0]["message"]["content"]
     assert len(text) > 12
     stop = text[8:12]  # four characters from the middle: usually spans a token boundary
     cut = text.index(stop)
     for stream in (False, True):
-        r = httpx.post(url, json={**base, "stop": [stop], "stream": stream}, timeout=60)
+        r = live_server.client().post(url, json={**base, "stop": [stop], "stream": stream}, timeout=60)
         if stream:
             got = "".join(_stream_text(r.text))
             assert '"finish_reason":"stop"' in r.text
@@ -159,7 +158,7 @@ def test_stop_string_across_tokens(live_server: LiveServer) -> None:
 
 def test_assistant_prefix_is_continued(live_server: LiveServer) -> None:
     prefix = "The three colours are"
-    r = httpx.post(
+    r = live_server.client().post(
         f"{live_server.url}/v1/chat/completions",
         timeout=60,
         json={
@@ -176,20 +175,20 @@ def test_assistant_prefix_is_continued(live_server: LiveServer) -> None:
 def test_safe_prompt_changes_the_prompt(live_server: LiveServer) -> None:
     url = f"{live_server.url}/v1/chat/completions"
     base = {"model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 1, "temperature": 0}
-    plain = httpx.post(url, json=base, timeout=60).json()["usage"]["prompt_tokens"]
-    safe = httpx.post(url, json={**base, "safe_prompt": True}, timeout=60).json()
+    plain = live_server.client().post(url, json=base, timeout=60).json()["usage"]["prompt_tokens"]
+    safe = live_server.client().post(url, json={**base, "safe_prompt": True}, timeout=60).json()
     assert safe["usage"]["prompt_tokens"] > plain
 
 
 def test_responses_validate_against_mistral_spec(live_server: LiveServer) -> None:
-    r = httpx.post(
+    r = live_server.client().post(
         f"{live_server.url}/v1/chat/completions",
         timeout=60,
         json={"model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 8},
     )
     validate(r.json(), "ChatCompletionResponse")
-    validate(httpx.get(f"{live_server.url}/v1/models").json(), "ModelList")
-    r = httpx.post(
+    validate(live_server.client().get(f"{live_server.url}/v1/models").json(), "ModelList")
+    r = live_server.client().post(
         f"{live_server.url}/v1/chat/completions",
         timeout=60,
         json={"model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 8, "stream": True},
@@ -208,13 +207,13 @@ def test_responses_validate_against_mistral_spec(live_server: LiveServer) -> Non
 
 
 def test_get_model_by_id_and_alias(live_server: LiveServer) -> None:
-    card = httpx.get(f"{live_server.url}/v1/models/{DEFAULT_MODEL}").json()
+    card = live_server.client().get(f"{live_server.url}/v1/models/{DEFAULT_MODEL}").json()
     assert card["id"] == DEFAULT_MODEL
     assert card["track"] == "open" and card["licence"] == "Apache-2.0"
     assert card["capabilities"]["completion_chat"] is True
     validate(card, "BaseModelCard")
     alias = card["aliases"][0]
-    assert httpx.get(f"{live_server.url}/v1/models/{alias}").json()["id"] == DEFAULT_MODEL
+    assert live_server.client().get(f"{live_server.url}/v1/models/{alias}").json()["id"] == DEFAULT_MODEL
 
 
 def _stream_text(body: str) -> list[str]:

@@ -16,12 +16,13 @@ OK_MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 def post(server: LiveServer, body: Any, **kw: Any) -> httpx.Response:
+    headers = {**server.headers, **kw.pop("headers", {})}
     if isinstance(body, dict | list):
-        kw.setdefault("json", body)
+        kw["json"] = body
     else:
-        kw.setdefault("content", body)
-        kw.setdefault("headers", {"content-type": "application/json"})
-    return httpx.post(f"{server.url}/v1/chat/completions", timeout=60, **kw)
+        kw["content"] = body
+        headers["content-type"] = "application/json"
+    return httpx.post(f"{server.url}/v1/chat/completions", timeout=60, headers=headers, **kw)
 
 
 def assert_error(
@@ -43,7 +44,7 @@ def test_unknown_model_is_404(live_server: LiveServer) -> None:
     r = post(live_server, {"model": "no-such-model", "messages": OK_MESSAGES})
     body = assert_error(r, 404, param="model", contains="no-such-model")
     assert body["type"] == "not_found_error"
-    assert_error(httpx.get(f"{live_server.url}/v1/models/no-such-model"), 404)
+    assert_error(live_server.client().get("/v1/models/no-such-model"), 404)
 
 
 def test_missing_field_is_422(live_server: LiveServer) -> None:
@@ -130,8 +131,8 @@ def test_unsupported_capabilities_are_400(live_server: LiveServer) -> None:
 
 
 def test_unknown_route_and_method(live_server: LiveServer) -> None:
-    assert_error(httpx.get(f"{live_server.url}/v1/nothing-here"), 404)
-    assert_error(httpx.get(f"{live_server.url}/v1/chat/completions"), 405)
+    assert_error(live_server.client().get("/v1/nothing-here"), 404)
+    assert_error(live_server.client().get("/v1/chat/completions"), 405)
 
 
 def test_openai_clients_get_openai_error_shape(live_server: LiveServer) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -49,7 +48,7 @@ def short_context_server(
 
 
 def test_model_length_when_context_fills(short_context_server: LiveServer) -> None:
-    r = httpx.post(
+    r = short_context_server.client().post(
         f"{short_context_server.url}/v1/chat/completions",
         timeout=120,
         json={
@@ -64,7 +63,7 @@ def test_model_length_when_context_fills(short_context_server: LiveServer) -> No
     assert body["choices"][0]["finish_reason"] == "model_length"
     assert body["usage"]["total_tokens"] == 64
     # OpenAI clients know this condition as "length"
-    r = httpx.post(
+    r = short_context_server.client().post(
         f"{short_context_server.url}/v1/chat/completions",
         timeout=120,
         json={

@@ -10,10 +10,12 @@ from contextlib import aclosing
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from levant.api.auth import PrincipalDep
 from levant.api.chat_input import to_chat_messages
 from levant.api.deps import StateDep
 from levant.api.dialect import Dialect, detect_dialect
 from levant.api.errors import APIError, error_body
+from levant.api.metering import Status, record_usage
 from levant.api.models_lookup import service_for
 from levant.api.schemas.chat import (
     AssistantMessage,
@@ -28,7 +30,7 @@ from levant.api.schemas.chat import (
 )
 from levant.api.streaming import DONE, sse_event, sse_response
 from levant.engine.core import ContextLengthExceeded
-from levant.serving.service import Finished, TextDelta
+from levant.serving.service import Finished, GenerationStats, TextDelta
 
 router = APIRouter()
 
@@ -55,12 +57,12 @@ def _finish_reason(reason: str, dialect: Dialect) -> str:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, state: StateDep
+    body: ChatCompletionRequest, request: Request, state: StateDep, principal: PrincipalDep
 ) -> Response | ChatCompletionResponse:
     if body.uses_openai_fields:
         request.state.dialect = "openai"
     dialect = detect_dialect(request)
-    service = await service_for(state, body.model)
+    service = await service_for(state, body.model, principal)
     messages = to_chat_messages(body, service.card)
     max_tokens = body.effective_max_tokens
     try:
@@ -88,16 +90,37 @@ async def chat_completions(
     completion_id = uuid.uuid4().hex
     created = int(time.time())
     model_name = body.model
-    events = service.generate(prompt_ids, sampling, body.stop_list)
+    stats = GenerationStats()
+    events = service.generate(prompt_ids, sampling, body.stop_list, stats)
+    started = time.monotonic()
+
+    def meter(status: Status) -> None:
+        record_usage(
+            state,
+            principal,
+            request_id=completion_id,
+            model=service.card.id,
+            stats=stats,
+            started=started,
+            status=status,
+        )
 
     if not body.stream:
         text = [prefix]
         done: Finished | None = None
-        async for ev in events:
-            if isinstance(ev, TextDelta):
-                text.append(ev.text)
-            else:
-                done = ev
+        status: Status = "cancelled"  # unless it completes or fails below
+        try:
+            async for ev in events:
+                if isinstance(ev, TextDelta):
+                    text.append(ev.text)
+                else:
+                    done = ev
+            status = "ok"
+        except Exception:
+            status = "error"
+            raise
+        finally:
+            meter(status)
         assert done is not None
         return ChatCompletionResponse(
             id=completion_id,
@@ -126,6 +149,7 @@ async def chat_completions(
         return sse_event(_chunk_wire(c))
 
     async def stream() -> AsyncIterator[bytes]:
+        status: Status = "cancelled"  # a client that leaves mid-stream ends here
         yield chunk(Delta(role="assistant", content=prefix))
         try:
             async with aclosing(events):  # a client gone mid-stream cancels generation
@@ -147,9 +171,13 @@ async def chat_completions(
                             usage=usage,
                         )
                         yield sse_event(_chunk_wire(final))
+            status = "ok"
         except Exception as exc:  # headers are sent: report in-band, never a trace
+            status = "error"
             err = APIError(500, f"Generation failed: {type(exc).__name__}", type="internal_error")
             yield sse_event(error_body(err, dialect))
+        finally:
+            meter(status)
         yield DONE
 
     return sse_response(stream())

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from levant.api.auth import PrincipalDep
 from levant.api.deps import StateDep
 from levant.api.errors import APIError
 from levant.api.schemas.models import model_card_wire, model_list_wire
@@ -16,14 +17,17 @@ router = APIRouter()
 
 
 @router.get("/v1/models")
-async def list_models(state: StateDep) -> dict[str, Any]:
-    return model_list_wire(state.registry.servable_cards())
+async def list_models(state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
+    cards = [c for c in state.registry.servable_cards() if principal.scopes.allows_model(c.id)]
+    return model_list_wire(cards)
 
 
 @router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, state: StateDep) -> dict[str, Any]:
+async def get_model(model_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     try:
         card = state.registry.resolve(model_id)
+        if not principal.scopes.allows_model(card.id):
+            raise ModelNotFound(model_id)
     except (ModelNotFound, ModelNotAvailable) as exc:
         raise APIError(
             404,

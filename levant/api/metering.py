@@ -1,0 +1,47 @@
+"""One usage row per API request, handed to the batched writer (never blocks the response).
+
+Carries counts and ids only: no prompt or completion text ever reaches it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from levant.access.principal import Principal
+from levant.access.usage import UsageRecord
+from levant.api.state import AppState
+from levant.serving.service import GenerationStats
+
+Status = Literal["ok", "cancelled", "error"]
+
+LOCAL_DEPLOYMENT = "local"
+
+
+def record_usage(
+    state: AppState,
+    principal: Principal,
+    *,
+    request_id: str,
+    model: str,
+    stats: GenerationStats,
+    started: float,
+    status: Status,
+) -> None:
+    """Meter what was produced; a cancelled stream is billed for the tokens it got."""
+    state.usage.submit(
+        UsageRecord(
+            request_id=request_id,
+            workspace_id=principal.workspace_id,
+            key_id=None if principal.key_id == "anonymous" else principal.key_id,
+            model=model,
+            deployment=LOCAL_DEPLOYMENT,
+            region=state.settings.region,
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            cached_tokens=stats.cached_tokens,
+            price_micros=0,
+            latency_ms=int((time.monotonic() - started) * 1000),
+            status=status,
+        )
+    )
