@@ -48,6 +48,7 @@ def serve(
     """Serve the API on HTTP."""
     import uvicorn
 
+    from levant.access.tenancy import sign_in_message
     from levant.api.app import create_app
     from levant.catalog.catalog import ModelNotFound
     from levant.catalog.sources import SourceUnavailable
@@ -68,12 +69,20 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     url = f"http://{host}:{port}"
+    platform = application.state.levant.platform
+    if platform.bootstrap.created:
+        typer.echo(sign_in_message(platform.bootstrap))
+    auth = ""
+    if settings.auth:
+        creds = platform.bootstrap.credentials_path
+        key = f"$(sed -n 's/^api_key: //p' {creds})" if creds.exists() else "<your-api-key>"
+        auth = f' -H "Authorization: Bearer {key}"'
     typer.echo(f"Levant is starting on {url}  (model: {', '.join(names)})")
     typer.echo("Try it:")
     typer.echo(
-        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{names[0]}", "messages": [{{"role": "user", '
-        f'"content": "Say hello in French."}}]}}\''
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+        f"-d '{{\"model\": \"{names[0]}\", \"messages\": [{{\"role\": \"user\", "
+        f"\"content\": \"Say hello in French.\"}}]}}'"
     )
     uvicorn.run(application, host=host, port=port, log_level="info")
 

@@ -34,9 +34,14 @@ def test_serve_prints_url_and_curl_then_answers(model_home: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert f"http://127.0.0.1:{port}" in lines[0]
+        lines: list[str] = []
+        while not any(line.strip().startswith("curl ") for line in lines):
+            line = proc.stdout.readline()
+            assert line, "server exited before printing the curl line"
+            lines.append(line)
+        assert any(f"Levant is starting on http://127.0.0.1:{port}" in line for line in lines)
         curl = next(line for line in lines if line.strip().startswith("curl "))
+        assert "Authorization: Bearer" in curl
         assert "/v1/chat/completions" in curl and DEFAULT_MODEL in curl
         deadline = time.monotonic() + 120
         status = 0
