@@ -86,7 +86,7 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
 
 def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs: x (B, T, n_heads, head_dim), cos/sin (T, head_dim // 2)."""
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, T, n_heads, head_dim // 2, 2)
+    xf = x.float().view(*x.shape[:-1], -1, 2)  # (B, T, n_heads, head_dim // 2, 2)
     x0, x1 = xf[..., 0], xf[..., 1]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, head_dim // 2)
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
@@ -163,7 +163,8 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_heads != self.n_kv_heads
         )  # (B, n_heads, T, head_dim)
-        return self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        y: torch.Tensor = self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return y  # (B, T, dim)
 
 
 class FeedForward(nn.Module):
@@ -176,7 +177,8 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        y: torch.Tensor = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return y
 
 
 class TransformerBlock(nn.Module):
@@ -197,8 +199,11 @@ class TransformerBlock(nn.Module):
         start_pos: int,
         cache: KVCache | None,
     ) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, mask, start_pos, cache, self.layer)
-        return h + self.feed_forward(self.ffn_norm(h))
+        h: torch.Tensor = x + self.attention(
+            self.attention_norm(x), cos, sin, mask, start_pos, cache, self.layer
+        )
+        out: torch.Tensor = h + self.feed_forward(self.ffn_norm(h))
+        return out
 
 
 class Transformer(nn.Module):
@@ -238,7 +243,7 @@ class Transformer(nn.Module):
         if cache is None and start_pos != 0:
             raise ValueError("start_pos must be 0 without a KV cache")
         _, T = tokens.shape
-        positions = torch.arange(start_pos, start_pos + T, device=tokens.device, dtype=torch.float32)
+        positions = torch.arange(start_pos, start_pos + T, device=tokens.device).float()
         angles = torch.outer(positions, self.inv_freq)  # (T, head_dim // 2)
         cos, sin = angles.cos(), angles.sin()
         mask = attention_mask(start_pos, T, self.config.sliding_window, tokens.device)

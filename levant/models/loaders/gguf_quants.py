@@ -77,9 +77,7 @@ _BLOCK_TYPES: dict[QType, tuple[int, int, Callable[[U8Array], F32Array]]] = {
     QType.Q5_1: (QK, 8 + QK // 2, _q5_1),
 }
 
-SUPPORTED_TYPES: frozenset[QType] = frozenset(
-    {QType.F32, QType.F16, QType.BF16, *_BLOCK_TYPES}
-)
+SUPPORTED_TYPES: frozenset[QType] = frozenset({QType.F32, QType.F16, QType.BF16, *_BLOCK_TYPES})
 
 
 def dequantize(data: npt.NDArray[np.generic], qtype: QType, shape: tuple[int, ...]) -> F32Array:
@@ -104,9 +102,7 @@ def dequantize(data: npt.NDArray[np.generic], qtype: QType, shape: tuple[int, ..
         assert out.size == raw.size // type_size * block_size
     else:
         supported = ", ".join(sorted(t.name for t in SUPPORTED_TYPES))
-        raise ValueError(
-            f"unsupported GGUF tensor type {qtype.name}; supported types: {supported}"
-        )
+        raise ValueError(f"unsupported GGUF tensor type {qtype.name}; supported types: {supported}")
     n = int(np.prod(shape))
     if out.size != n:
         raise ValueError(f"{qtype.name} data holds {out.size} values, shape {shape} needs {n}")
