@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mistral_common.exceptions import MistralCommonException
 from mistral_common.protocol.fim.request import FIMRequest
@@ -30,9 +31,9 @@ _MistralMessage = SystemMessage | UserMessage | AssistantMessage | ToolMessage
 
 
 class MistralTokenizer:
-    """A mistral-common tokenizer (v1/v2/v3/v7 sentencepiece or tekken); implements ``Tokenizer``."""
+    """A mistral-common tokenizer (sentencepiece v1-v7 or tekken); implements ``Tokenizer``."""
 
-    def __init__(self, inner: _MistralCommonTokenizer) -> None:
+    def __init__(self, inner: _MistralCommonTokenizer[Any, Any, Any, Any, Any]) -> None:
         self.inner = inner
         """The wrapped ``mistral_common`` tokenizer."""
         self._raw = inner.instruct_tokenizer.tokenizer
@@ -69,9 +70,7 @@ class MistralTokenizer:
         return str(self.inner.decode(list(ids), special_token_policy=SpecialTokenPolicy.IGNORE))
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        request: ChatCompletionRequest = ChatCompletionRequest(  # type: ignore[type-arg]
-            messages=[_to_mistral(m) for m in messages]
-        )
+        request = ChatCompletionRequest(messages=[_to_mistral(m) for m in messages])
         try:
             tokens = self.inner.encode_chat_completion(request).tokens
         except MistralCommonException as exc:
@@ -81,7 +80,7 @@ class MistralTokenizer:
     # -- extras ---------------------------------------------------------------
 
     def encode_fim(self, prompt: str, suffix: str) -> list[int]:
-        """Fill-in-the-middle prompt ids: the model writes what goes between ``prompt`` and ``suffix``.
+        """Fill-in-the-middle prompt: the model writes what goes between ``prompt`` and ``suffix``.
 
         Raises ``ValueError`` if this tokenizer has no FIM control tokens.
         """
