@@ -72,8 +72,14 @@ class LiveServer:
 
         platform = self.state.platform
         with platform.db.writing() as session:
-            created = create_key(session, platform.secret, name=name, actor="tests",
-                                 workspace_id=platform.bootstrap.workspace_id, **scopes)
+            created = create_key(
+                session,
+                platform.secret,
+                name=name,
+                actor="tests",
+                workspace_id=platform.bootstrap.workspace_id,
+                **scopes,
+            )
         return created.key
 
     @property

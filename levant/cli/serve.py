@@ -81,8 +81,8 @@ def serve(
     typer.echo("Try it:")
     typer.echo(
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-        f"-d '{{\"model\": \"{names[0]}\", \"messages\": [{{\"role\": \"user\", "
-        f"\"content\": \"Say hello in French.\"}}]}}'"
+        f'-d \'{{"model": "{names[0]}", "messages": [{{"role": "user", '
+        f'"content": "Say hello in French."}}]}}\''
     )
     uvicorn.run(application, host=host, port=port, log_level="info")
 

@@ -17,14 +17,17 @@ from tests.conftest import DEFAULT_MODEL, LiveServer
 
 pytestmark = pytest.mark.slow
 
-CHAT = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": 6, "temperature": 0}
+CHAT = {
+    "model": DEFAULT_MODEL,
+    "messages": [{"role": "user", "content": "Hi"}],
+    "max_tokens": 6,
+    "temperature": 0,
+}
 
 
 def chat(server: LiveServer, key: str | None, body: dict[str, Any] = CHAT) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key is not None else {}
-    return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers,
-                      timeout=60)
+    return httpx.post(f"{server.url}/v1/chat/completions", json=body, headers=headers, timeout=60)
 
 
 def assert_401(r: httpx.Response, code: str) -> None:
@@ -63,18 +66,24 @@ def test_model_scope(live_server: LiveServer) -> None:
     key = live_server.create_key("scoped", allowed_models=["some-other-model"])
     r = chat(live_server, key)
     assert r.status_code == 403 and r.json()["code"] == "model_not_allowed"
-    listed = httpx.get(f"{live_server.url}/v1/models",
-                       headers={"authorization": f"Bearer {key}"}).json()
+    listed = httpx.get(
+        f"{live_server.url}/v1/models", headers={"authorization": f"Bearer {key}"}
+    ).json()
     assert listed["data"] == []
-    r = httpx.get(f"{live_server.url}/v1/models/{DEFAULT_MODEL}",
-                  headers={"authorization": f"Bearer {key}"})
+    r = httpx.get(
+        f"{live_server.url}/v1/models/{DEFAULT_MODEL}", headers={"authorization": f"Bearer {key}"}
+    )
     assert r.status_code == 404
 
 
 def test_endpoint_scope(live_server: LiveServer) -> None:
     key = live_server.create_key("models-only", allowed_endpoints=["/v1/models"])
-    assert httpx.get(f"{live_server.url}/v1/models",
-                     headers={"authorization": f"Bearer {key}"}).status_code == 200
+    assert (
+        httpx.get(
+            f"{live_server.url}/v1/models", headers={"authorization": f"Bearer {key}"}
+        ).status_code
+        == 200
+    )
     r = chat(live_server, key)
     assert r.status_code == 403 and r.json()["code"] == "endpoint_not_allowed"
 
@@ -99,18 +108,24 @@ def test_usage_row_matches_response(live_server: LiveServer) -> None:
 
 def test_usage_row_matches_streamed_usage(live_server: LiveServer) -> None:
     r = chat(live_server, live_server.api_key, {**CHAT, "stream": True})
-    events = [json.loads(line[6:]) for line in r.text.splitlines()
-              if line.startswith("data: {")]
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     usage = events[-1]["usage"]
     row = _usage_row(live_server, events[0]["id"])
     assert (row.prompt_tokens, row.completion_tokens) == (
-        usage["prompt_tokens"], usage["completion_tokens"])
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+    )
 
 
 def test_cancelled_stream_is_billed_for_what_it_produced(live_server: LiveServer) -> None:
     body = {**CHAT, "stream": True, "max_tokens": 200, "min_tokens": 200}
-    with httpx.stream("POST", f"{live_server.url}/v1/chat/completions", json=body,
-                      headers=live_server.headers, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        f"{live_server.url}/v1/chat/completions",
+        json=body,
+        headers=live_server.headers,
+        timeout=60,
+    ) as r:
         lines = r.iter_lines()
         first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
         received = 0
@@ -127,8 +142,9 @@ def test_cancelled_stream_is_billed_for_what_it_produced(live_server: LiveServer
     while time.monotonic() < deadline:
         live_server.state.usage.flush(timeout=5)
         with live_server.state.platform.db.reading() as s:
-            row = s.scalars(select(UsageEvent).where(
-                UsageEvent.request_id == first["id"])).one_or_none()
+            row = s.scalars(
+                select(UsageEvent).where(UsageEvent.request_id == first["id"])
+            ).one_or_none()
         if row is not None:
             break
         time.sleep(0.2)

@@ -141,12 +141,18 @@ def test_max_tokens_gives_length(live_server: LiveServer) -> None:
 def test_stop_string_across_tokens(live_server: LiveServer) -> None:
     url = f"{live_server.url}/v1/chat/completions"
     base = {"model": DEFAULT_MODEL, "messages": QUESTION, "max_tokens": 32, "temperature": 0}
-    text = live_server.client().post(url, json=base, timeout=60).json()["choices"][0]["message"]["content"]
+    text = (
+        live_server.client()
+        .post(url, json=base, timeout=60)
+        .json()["choices"][0]["message"]["content"]
+    )
     assert len(text) > 12
     stop = text[8:12]  # four characters from the middle: usually spans a token boundary
     cut = text.index(stop)
     for stream in (False, True):
-        r = live_server.client().post(url, json={**base, "stop": [stop], "stream": stream}, timeout=60)
+        r = live_server.client().post(
+            url, json={**base, "stop": [stop], "stream": stream}, timeout=60
+        )
         if stream:
             got = "".join(_stream_text(r.text))
             assert '"finish_reason":"stop"' in r.text
@@ -213,7 +219,10 @@ def test_get_model_by_id_and_alias(live_server: LiveServer) -> None:
     assert card["capabilities"]["completion_chat"] is True
     validate(card, "BaseModelCard")
     alias = card["aliases"][0]
-    assert live_server.client().get(f"{live_server.url}/v1/models/{alias}").json()["id"] == DEFAULT_MODEL
+    assert (
+        live_server.client().get(f"{live_server.url}/v1/models/{alias}").json()["id"]
+        == DEFAULT_MODEL
+    )
 
 
 def _stream_text(body: str) -> list[str]:
