@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from levant.catalog.card import ModelCard
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +42,11 @@ class Principal:
     workspace_id: str
     key_id: str
     scopes: Scopes
+    grants: frozenset[str] = frozenset()
+    """Commercial-track models this principal's workspace may use."""
+
+    def may_use(self, card: ModelCard) -> bool:
+        """Visible and usable: in the key's scope, and open or granted."""
+        return self.scopes.allows_model(card.id) and (
+            card.track == "open" or card.id in self.grants
+        )

@@ -7,11 +7,13 @@ Policy checks that need the principal (model scopes, endpoint scopes) live in
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from levant.access.keys import KeyRejected, authenticate
+from levant.access.policy import workspace_grants
 from levant.access.principal import Principal, Scopes
 from levant.api.deps import StateDep
 from levant.api.errors import APIError
@@ -31,15 +33,21 @@ def _unauthorized(message: str, code: str) -> APIError:
     )
 
 
-def _authenticate_sync(state: AppState, key: str) -> Principal:
+def _authenticate_sync(state: AppState, key: str | None) -> Principal:
+    """The key's principal with its workspace's grants, in one transaction."""
     with state.platform.db.writing() as session:
-        return authenticate(session, key, state.platform.secret)
+        if key is None:  # LEVANT_AUTH=0: everything runs as the default workspace
+            workspace = state.platform.bootstrap.workspace_id
+            principal = Principal(workspace_id=workspace, key_id="anonymous", scopes=Scopes())
+        else:
+            principal = authenticate(session, key, state.platform.secret)
+        grants = workspace_grants(session, principal.workspace_id)
+    return replace(principal, grants=grants)
 
 
 async def current_principal(request: Request, state: StateDep) -> Principal:
-    if not state.settings.auth:  # LEVANT_AUTH=0: everything runs as the default workspace
-        workspace = state.platform.bootstrap.workspace_id
-        return Principal(workspace_id=workspace, key_id="anonymous", scopes=Scopes())
+    if not state.settings.auth:
+        return await asyncio.to_thread(_authenticate_sync, state, None)
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():

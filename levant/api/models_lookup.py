@@ -14,6 +14,8 @@ async def service_for(state: AppState, name: str, principal: Principal) -> Model
     """The loaded service for ``name``: 404 if unknown or not pulled, 403 out of scope."""
     try:
         card = state.registry.resolve(name)
+        if card.track == "commercial" and card.id not in principal.grants:
+            raise ModelNotFound(name)  # invisible without a grant: same answer as unknown
     except (ModelNotFound, ModelNotAvailable) as exc:
         raise APIError(
             404, _missing(name, exc), type="not_found_error", param="model", code="model_not_found"

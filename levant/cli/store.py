@@ -90,3 +90,24 @@ def _size(card: ModelCard) -> str:
         if size < 1000 or unit == "GB":
             break
     return f"{size:.1f} {unit}"
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Model id or alias of an open-weight model.")],
+    dest: Annotated[Path, typer.Argument(help="Directory to write the weights into.")],
+) -> None:
+    """Copy an open-weight model's files out of the store, with its licence and checksums."""
+    from levant.access.policy import NotExportable
+    from levant.catalog.export import NotPulled
+    from levant.catalog.export import export as export_model
+
+    settings = get_settings()
+    try:
+        card = load_catalog(settings).get(model)
+        written = export_model(card, ModelStore(settings), dest)
+    except (ModelNotFound, CatalogError, NotExportable, NotPulled) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for path in written:
+        typer.echo(str(path))

@@ -18,15 +18,15 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def list_models(state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
-    cards = [c for c in state.registry.servable_cards() if principal.scopes.allows_model(c.id)]
+    cards = [c for c in state.registry.servable_cards() if principal.may_use(c)]
     return model_list_wire(cards)
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id}")
 async def get_model(model_id: str, state: StateDep, principal: PrincipalDep) -> dict[str, Any]:
     try:
         card = state.registry.resolve(model_id)
-        if not principal.scopes.allows_model(card.id):
+        if not principal.may_use(card):
             raise ModelNotFound(model_id)
     except (ModelNotFound, ModelNotAvailable) as exc:
         raise APIError(
