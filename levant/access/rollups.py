@@ -37,7 +37,7 @@ def daily_usage(session: Session, workspace_id: str, start: date, end: date) -> 
             day,
             UsageEvent.model,
             func.count(),
-            func.sum(case((UsageEvent.status == "ok", 0), else_=1)),
+            func.sum(case((UsageEvent.status == "error", 1), else_=0)),
             func.sum(UsageEvent.prompt_tokens),
             func.sum(UsageEvent.completion_tokens),
             func.sum(UsageEvent.cached_tokens),

@@ -14,7 +14,7 @@ from levant.access.startup import Platform, open_platform
 from levant.access.usage import UsageWriter
 from levant.api.body_limit import BodyLimitMiddleware
 from levant.api.errors import install_error_handlers
-from levant.api.routes import chat, health, models, weights
+from levant.api.routes import chat, health, models, usage, weights
 from levant.api.state import AppState
 from levant.catalog.catalog import load_catalog
 from levant.catalog.store import ModelStore
@@ -75,6 +75,6 @@ def create_app(
     app.state.levant = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    for router in (health.router, weights.router, models.router, chat.router):
+    for router in (health.router, weights.router, models.router, chat.router, usage.router):
         app.include_router(router)
     return app
