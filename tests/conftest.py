@@ -114,3 +114,43 @@ def live_server(model_home: Path) -> Iterator[LiveServer]:
     server.start()
     yield server
     server.stop()
+
+
+def isolated_home(base: Path, model_home: Path) -> tuple[Path, Path]:
+    """A fresh LEVANT_HOME (own database, secret, credentials) whose store holds the default
+    model, taken from the shared test store by a local source. Returns (home, catalog file)."""
+    import yaml
+
+    from levant.catalog.catalog import load_catalog
+    from levant.catalog.pull import pull
+    from levant.catalog.store import ModelStore
+
+    shared = Settings(home=model_home)
+    card = load_catalog(shared).get(DEFAULT_MODEL)
+    source = {"kind": "local", "path": str(ModelStore(shared).path(card))}
+    base.mkdir(parents=True, exist_ok=True)
+    catalog = base / "catalog.yaml"
+    catalog.write_text(
+        yaml.safe_dump({"models": [{"id": DEFAULT_MODEL, "extra_sources": [source]}]})
+    )
+    settings = Settings(home=base, catalog_path=catalog)
+    pull(load_catalog(settings).get(DEFAULT_MODEL), ModelStore(settings))
+    return base, catalog
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def platform_server(
+    request: pytest.FixtureRequest, model_home: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A live server on its own home, once with SQLite and once with PostgreSQL."""
+    from tests.db.fixtures import postgres_url
+
+    home, catalog = isolated_home(tmp_path_factory.mktemp(f"home-{request.param}"), model_home)
+    url = None if request.param == "sqlite" else postgres_url(request.config)
+    settings = Settings(home=home, catalog_path=catalog, database_url=url)
+    server = LiveServer(settings, preload=[DEFAULT_MODEL])
+    server.start()
+    yield server
+    server.stop()

@@ -38,53 +38,54 @@ def assert_401(r: httpx.Response, code: str) -> None:
     assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_missing_and_unknown_keys_are_401(live_server: LiveServer) -> None:
-    assert_401(chat(live_server, None), "missing_api_key")
-    assert_401(chat(live_server, "lv-" + "A" * 43), "unknown_api_key")
-    assert_401(chat(live_server, "sk-not-ours"), "malformed_api_key")
-    r = httpx.get(f"{live_server.url}/v1/models")
+def test_missing_and_unknown_keys_are_401(platform_server: LiveServer) -> None:
+    assert_401(chat(platform_server, None), "missing_api_key")
+    assert_401(chat(platform_server, "lv-" + "A" * 43), "unknown_api_key")
+    assert_401(chat(platform_server, "sk-not-ours"), "malformed_api_key")
+    r = httpx.get(f"{platform_server.url}/v1/models")
     assert_401(r, "missing_api_key")
 
 
-def test_health_needs_no_key(live_server: LiveServer) -> None:
-    assert httpx.get(f"{live_server.url}/health").status_code == 200
+def test_health_needs_no_key(platform_server: LiveServer) -> None:
+    assert httpx.get(f"{platform_server.url}/health").status_code == 200
 
 
-def test_revoked_and_expired_keys_are_401(live_server: LiveServer) -> None:
-    key = live_server.create_key("to-revoke")
-    assert chat(live_server, key).status_code == 200
-    platform = live_server.state.platform
+def test_revoked_and_expired_keys_are_401(platform_server: LiveServer) -> None:
+    key = platform_server.create_key("to-revoke")
+    assert chat(platform_server, key).status_code == 200
+    platform = platform_server.state.platform
     with platform.db.writing() as s:
         key_id = s.scalars(select(ApiKey.id).where(ApiKey.name == "to-revoke")).all()[-1]
         revoke_key(s, key_id, actor="tests")
-    assert_401(chat(live_server, key), "revoked_api_key")
-    expired = live_server.create_key("expired", expires_at=utcnow() - timedelta(seconds=1))
-    assert_401(chat(live_server, expired), "expired_api_key")
+    assert_401(chat(platform_server, key), "revoked_api_key")
+    expired = platform_server.create_key("expired", expires_at=utcnow() - timedelta(seconds=1))
+    assert_401(chat(platform_server, expired), "expired_api_key")
 
 
-def test_model_scope(live_server: LiveServer) -> None:
-    key = live_server.create_key("scoped", allowed_models=["some-other-model"])
-    r = chat(live_server, key)
+def test_model_scope(platform_server: LiveServer) -> None:
+    key = platform_server.create_key("scoped", allowed_models=["some-other-model"])
+    r = chat(platform_server, key)
     assert r.status_code == 403 and r.json()["code"] == "model_not_allowed"
     listed = httpx.get(
-        f"{live_server.url}/v1/models", headers={"authorization": f"Bearer {key}"}
+        f"{platform_server.url}/v1/models", headers={"authorization": f"Bearer {key}"}
     ).json()
     assert listed["data"] == []
     r = httpx.get(
-        f"{live_server.url}/v1/models/{DEFAULT_MODEL}", headers={"authorization": f"Bearer {key}"}
+        f"{platform_server.url}/v1/models/{DEFAULT_MODEL}",
+        headers={"authorization": f"Bearer {key}"},
     )
     assert r.status_code == 404
 
 
-def test_endpoint_scope(live_server: LiveServer) -> None:
-    key = live_server.create_key("models-only", allowed_endpoints=["/v1/models"])
+def test_endpoint_scope(platform_server: LiveServer) -> None:
+    key = platform_server.create_key("models-only", allowed_endpoints=["/v1/models"])
     assert (
         httpx.get(
-            f"{live_server.url}/v1/models", headers={"authorization": f"Bearer {key}"}
+            f"{platform_server.url}/v1/models", headers={"authorization": f"Bearer {key}"}
         ).status_code
         == 200
     )
-    r = chat(live_server, key)
+    r = chat(platform_server, key)
     assert r.status_code == 403 and r.json()["code"] == "endpoint_not_allowed"
 
 
@@ -96,34 +97,34 @@ def _usage_row(server: LiveServer, request_id: str) -> UsageEvent:
         return row
 
 
-def test_usage_row_matches_response(live_server: LiveServer) -> None:
-    r = chat(live_server, live_server.api_key)
+def test_usage_row_matches_response(platform_server: LiveServer) -> None:
+    r = chat(platform_server, platform_server.api_key)
     body = r.json()
-    row = _usage_row(live_server, body["id"])
+    row = _usage_row(platform_server, body["id"])
     assert row.prompt_tokens == body["usage"]["prompt_tokens"]
     assert row.completion_tokens == body["usage"]["completion_tokens"]
     assert row.model == DEFAULT_MODEL and row.status == "ok"
-    assert row.region == live_server.state.settings.region
+    assert row.region == platform_server.state.settings.region
 
 
-def test_usage_row_matches_streamed_usage(live_server: LiveServer) -> None:
-    r = chat(live_server, live_server.api_key, {**CHAT, "stream": True})
+def test_usage_row_matches_streamed_usage(platform_server: LiveServer) -> None:
+    r = chat(platform_server, platform_server.api_key, {**CHAT, "stream": True})
     events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     usage = events[-1]["usage"]
-    row = _usage_row(live_server, events[0]["id"])
+    row = _usage_row(platform_server, events[0]["id"])
     assert (row.prompt_tokens, row.completion_tokens) == (
         usage["prompt_tokens"],
         usage["completion_tokens"],
     )
 
 
-def test_cancelled_stream_is_billed_for_what_it_produced(live_server: LiveServer) -> None:
+def test_cancelled_stream_is_billed_for_what_it_produced(platform_server: LiveServer) -> None:
     body = {**CHAT, "stream": True, "max_tokens": 200, "min_tokens": 200}
     with httpx.stream(
         "POST",
-        f"{live_server.url}/v1/chat/completions",
+        f"{platform_server.url}/v1/chat/completions",
         json=body,
-        headers=live_server.headers,
+        headers=platform_server.headers,
         timeout=60,
     ) as r:
         lines = r.iter_lines()
@@ -140,8 +141,8 @@ def test_cancelled_stream_is_billed_for_what_it_produced(live_server: LiveServer
     deadline = time.monotonic() + 30
     row = None
     while time.monotonic() < deadline:
-        live_server.state.usage.flush(timeout=5)
-        with live_server.state.platform.db.reading() as s:
+        platform_server.state.usage.flush(timeout=5)
+        with platform_server.state.platform.db.reading() as s:
             row = s.scalars(
                 select(UsageEvent).where(UsageEvent.request_id == first["id"])
             ).one_or_none()
