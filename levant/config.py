@@ -55,6 +55,20 @@ class Settings(BaseSettings):
     secret: str | None = None
     """HMAC secret for API keys (at least 32 characters); default ``<home>/secret`` (0600)."""
 
+    redis_url: str | None = None
+    """Redis for rate limits shared by several gateway processes; in-process when unset."""
+
+    default_requests_per_second: float | None = None
+    default_tokens_per_minute: int | None = None
+    default_tokens_per_month: int | None = None
+    """Limits for workspaces with no stored limits (``levant limits set``); None: unlimited."""
+
+    default_monthly_budget_micros: int | None = None
+    """Spend limit per workspace per month, in micro-euros, when none is stored."""
+
+    limits_cache_ttl_s: float = 5.0
+    """How long stored limits and month-to-date spend are cached per workspace."""
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"

@@ -116,7 +116,7 @@ def live_server(model_home: Path) -> Iterator[LiveServer]:
     server.stop()
 
 
-def isolated_home(base: Path, model_home: Path) -> tuple[Path, Path]:
+def isolated_home(base: Path, model_home: Path, **card_overrides: Any) -> tuple[Path, Path]:
     """A fresh LEVANT_HOME (own database, secret, credentials) whose store holds the default
     model, taken from the shared test store by a local source. Returns (home, catalog file)."""
     import yaml
@@ -130,9 +130,8 @@ def isolated_home(base: Path, model_home: Path) -> tuple[Path, Path]:
     source = {"kind": "local", "path": str(ModelStore(shared).path(card))}
     base.mkdir(parents=True, exist_ok=True)
     catalog = base / "catalog.yaml"
-    catalog.write_text(
-        yaml.safe_dump({"models": [{"id": DEFAULT_MODEL, "extra_sources": [source]}]})
-    )
+    entry = {"id": DEFAULT_MODEL, "extra_sources": [source], **card_overrides}
+    catalog.write_text(yaml.safe_dump({"models": [entry]}))
     settings = Settings(home=base, catalog_path=catalog)
     pull(load_catalog(settings).get(DEFAULT_MODEL), ModelStore(settings))
     return base, catalog

@@ -10,12 +10,21 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from levant import __version__
+from levant.access.limits import (
+    InMemoryLimiter,
+    Limiter,
+    LimitPolicy,
+    RedisLimiter,
+    SpendGuard,
+    month_spend_from,
+)
+from levant.access.limits.workspace import WorkspaceLimits
 from levant.access.startup import Platform, open_platform
 from levant.access.usage import UsageWriter
 from levant.api.body_limit import BodyLimitMiddleware
 from levant.api.errors import install_error_handlers
 from levant.api.routes import chat, health, models, usage, weights
-from levant.api.state import AppState
+from levant.api.state import AppState, Limits
 from levant.catalog.catalog import load_catalog
 from levant.catalog.store import ModelStore
 from levant.config import Settings, get_settings
@@ -33,6 +42,31 @@ async def _preload(state: AppState) -> None:
     except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("failed to load models: %s", state.load_error)
+
+
+def make_limits(settings: Settings, platform: Platform) -> Limits:
+    limiter: Limiter
+    if settings.redis_url:
+        import redis.asyncio
+
+        limiter = RedisLimiter(redis.asyncio.Redis.from_url(settings.redis_url))
+    else:
+        limiter = InMemoryLimiter()
+    defaults = LimitPolicy(
+        settings.default_requests_per_second,
+        settings.default_tokens_per_minute,
+        settings.default_tokens_per_month,
+    )
+    return Limits(
+        limiter=limiter,
+        spend=SpendGuard(month_spend_from(platform.db), ttl_s=settings.limits_cache_ttl_s),
+        workspace=WorkspaceLimits(
+            platform.db,
+            defaults=defaults,
+            default_budget_micros=settings.default_monthly_budget_micros,
+            ttl_s=settings.limits_cache_ttl_s,
+        ),
+    )
 
 
 def create_app(
@@ -57,6 +91,7 @@ def create_app(
         registry=registry,
         platform=platform,
         usage=UsageWriter(platform.db.engine),
+        limits=make_limits(settings, platform),
         preload=list(preload or []),
     )
 

@@ -27,6 +27,7 @@ def record_usage(
     stats: GenerationStats,
     started: float,
     status: Status,
+    price_micros: int,
 ) -> None:
     """Meter what was produced; a cancelled stream is billed for the tokens it got."""
     state.usage.submit(
@@ -40,7 +41,7 @@ def record_usage(
             prompt_tokens=stats.prompt_tokens,
             completion_tokens=stats.completion_tokens,
             cached_tokens=stats.cached_tokens,
-            price_micros=0,
+            price_micros=price_micros,
             latency_ms=int((time.monotonic() - started) * 1000),
             status=status,
         )

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
+from levant.access.limits import Limiter, SpendGuard
+from levant.access.limits.workspace import WorkspaceLimits
 from levant.access.startup import Platform
 from levant.access.usage import UsageWriter
 from levant.config import Settings
 from levant.serving.registry import ModelRegistry
+
+
+@dataclass
+class Limits:
+    """Rate/token limiter, spend guard and the stored per-workspace limits."""
+
+    limiter: Limiter
+    spend: SpendGuard
+    workspace: WorkspaceLimits
 
 
 @dataclass
@@ -17,7 +29,10 @@ class AppState:
     platform: Platform
     """Database, server secret and tenancy."""
     usage: UsageWriter
+    limits: Limits
     ready: bool = False
     """False while the default model loads: /health answers 503 until then."""
     load_error: str | None = None
     preload: list[str] = field(default_factory=list)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    """Fire-and-forget tasks (limit settlements) kept alive until they finish."""

@@ -7,6 +7,7 @@ the files that make up the weights and where they can be fetched from.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -58,6 +59,16 @@ class PyPISource(BaseModel):
 Source = LocalSource | HubSource | PyPISource
 
 
+class Pricing(BaseModel):
+    """Price per million tokens in the billing currency; cached prompt tokens cost
+    ``cached_input_factor`` times the input price."""
+
+    input_per_million: Decimal
+    output_per_million: Decimal
+    cached_input_factor: Decimal = Decimal(1)
+    currency: str = "EUR"
+
+
 class ModelCard(BaseModel):
     id: str
     name: str
@@ -77,6 +88,8 @@ class ModelCard(BaseModel):
     files: list[WeightFile]
     sources: list[Source] = Field(default_factory=list, discriminator=None)
     architecture: str = "llama"
+    pricing: Pricing | None = None
+    """None: free to call (usage is still metered)."""
 
     def matches(self, name: str) -> bool:
         return name == self.id or name in self.aliases

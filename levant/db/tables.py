@@ -14,6 +14,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -134,6 +135,28 @@ class ModelGrant(Base):
     )
     model_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkspaceLimit(Base):
+    """Rate, token and spend limits for a workspace, or one of its keys, for one model or all.
+
+    ``key_id`` and ``model`` use ``"*"`` for "every key" / "every model" (a
+    sentinel rather than NULL, so they can be part of the primary key).
+    """
+
+    __tablename__ = "workspace_limits"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True, default="*")
+    model: Mapped[str] = mapped_column(String(200), primary_key=True, default="*")
+    requests_per_second: Mapped[float | None] = mapped_column(Float, default=None)
+    tokens_per_minute: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    tokens_per_month: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    monthly_budget_micros: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """Only read on the workspace-wide row (key ``*``, model ``*``)."""
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
 class UsageEvent(Base):

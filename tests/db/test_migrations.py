@@ -22,6 +22,7 @@ TABLES = {
     "usage_events",
     "audit_log",
     "audit_head",
+    "workspace_limits",
 }
 
 

@@ -153,4 +153,7 @@ class SpendGuard:
 
 
 def _money(micros: int) -> str:
-    return f"{micros / 1_000_000:.2f}"
+    """Currency units with as many decimals as the amount needs (at least two)."""
+    text = f"{micros / 1_000_000:.6f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
+from levant.api.admission import admit, release
 from levant.api.auth import PrincipalDep
 from levant.api.chat_input import to_chat_messages
 from levant.api.deps import StateDep
@@ -58,7 +59,7 @@ def _finish_reason(reason: str, dialect: Dialect) -> str:
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep, principal: PrincipalDep
-) -> Response | ChatCompletionResponse:
+) -> Response:
     if body.uses_openai_fields:
         request.state.dialect = "openai"
     dialect = detect_dialect(request)
@@ -94,7 +95,11 @@ async def chat_completions(
     events = service.generate(prompt_ids, sampling, body.stop_list, stats)
     started = time.monotonic()
 
+    max_new = max_tokens if max_tokens is not None else service.max_context - len(prompt_ids)
+    admission = await admit(state, principal, service.card, len(prompt_ids), max_new)
+
     def meter(status: Status) -> None:
+        price = release(state, admission, stats)
         record_usage(
             state,
             principal,
@@ -103,6 +108,7 @@ async def chat_completions(
             stats=stats,
             started=started,
             status=status,
+            price_micros=price,
         )
 
     if not body.stream:
@@ -122,7 +128,7 @@ async def chat_completions(
         finally:
             meter(status)
         assert done is not None
-        return ChatCompletionResponse(
+        response = ChatCompletionResponse(
             id=completion_id,
             created=created,
             model=model_name,
@@ -135,6 +141,7 @@ async def chat_completions(
             ],
             usage=_usage(done),
         )
+        return JSONResponse(response.model_dump(), headers=admission.headers)
 
     include_usage_chunk = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -180,4 +187,4 @@ async def chat_completions(
             meter(status)
         yield DONE
 
-    return sse_response(stream())
+    return sse_response(stream(), headers=admission.headers)
