@@ -82,7 +82,7 @@ def serve(
     typer.echo(
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
         f'-d \'{{"model": "{names[0]}", "messages": [{{"role": "user", '
-        f'"content": "Say hello in French."}}]}}\''
+        f'"content": "Say hello in French."}}], "max_tokens": 64}}\''
     )
     uvicorn.run(application, host=host, port=port, log_level="info")
 
