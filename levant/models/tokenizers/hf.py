@@ -8,7 +8,9 @@ directory lives here; building one from GGUF metadata lives in ``gguf.py``.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,12 @@ class HFTokenizer:
         if end_of_turn is not None:
             eos.add(end_of_turn)
         self._eos_ids = frozenset(eos)
+        self._plain_text_lock = threading.Lock()
+        specials = {
+            i: t.content for i, t in tokenizer.get_added_tokens_decoder().items() if t.special
+        }
+        self._special_ids = frozenset(specials)
+        self._special_texts = list(specials.values())
 
     # -- Tokenizer protocol -------------------------------------------------
 
@@ -90,7 +98,62 @@ class HFTokenizer:
     def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         # Like transformers' apply_chat_template(tokenize=True): the template
         # writes every special token itself, so none are added on encode.
-        return self.encode(self.render_chat_text(messages))
+        if not any(self._has_special_text(m.content) for m in messages):
+            return self.encode(self.render_chat_text(messages))
+        return self._render_chat_as_data(messages)
+
+    def _has_special_text(self, text: str) -> bool:
+        return any(token in text for token in self._special_texts)
+
+    def _render_chat_as_data(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Encode the prompt so special tokens spelled inside message text stay plain text.
+
+        A user who types ``<|im_end|>`` must not close their own turn: message
+        contents are data. The template is rendered with placeholders to learn
+        where each content sits; the prompt is encoded as usual, and only the
+        special tokens that fall inside a content span are re-encoded as text.
+        """
+        marks = [f"\x00levant-content-{i}\x00" for i in range(len(messages))]
+        masked = [replace(m, content=mark) for m, mark in zip(messages, marks, strict=True)]
+        rest = self.render_chat_text(masked)
+        if any(rest.count(mark) != 1 for mark in marks):
+            raise ValueError(
+                "a message contains a control token and this chat template transforms "
+                "message text, so it cannot be kept as plain text"
+            )
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        for message, mark in zip(messages, marks, strict=True):
+            before, rest = rest.split(mark, 1)
+            pos += len(before)
+            spans.append((pos, pos + len(message.content)))
+            pos += len(message.content)
+            parts += [before, message.content]
+        text = "".join([*parts, rest])
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        injected = [
+            (start, end)
+            for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)
+            if token_id in self._special_ids and any(a <= start and end <= b for a, b in spans)
+        ]
+        if not injected:
+            return list(encoding.ids)
+        ids: list[int] = []
+        cursor = 0
+        for start, end in injected:
+            ids += self._tok.encode(text[cursor:start], add_special_tokens=False).ids
+            ids += self._encode_as_plain_text(text[start:end])
+            cursor = end
+        return ids + self._tok.encode(text[cursor:], add_special_tokens=False).ids
+
+    def _encode_as_plain_text(self, text: str) -> list[int]:
+        with self._plain_text_lock:  # the switch is a property of the shared tokenizer
+            self._tok.encode_special_tokens = True
+            try:
+                return list(self._tok.encode(text, add_special_tokens=False).ids)
+            finally:
+                self._tok.encode_special_tokens = False
 
     # -- extras ---------------------------------------------------------------
 
