@@ -26,7 +26,21 @@ class Settings(BaseSettings):
 
     device: str = "cpu"
     dtype: str = "float32"
-    """float32 | bfloat16 | float16: compute dtype of the local engine."""
+    """float32 | bfloat16 | float16 | int8: compute dtype of the local engine (int8:
+    weight-only int8 linears over float32 activations, via PyTorch's CPU kernels)."""
+
+    kv_cache_gb: float = 1.0
+    """Memory for each loaded model's paged KV cache, in GiB."""
+
+    max_batched_tokens: int = 256
+    """Token budget of one engine step (prefill chunks and decode tokens together)."""
+
+    max_waiting_requests: int = 256
+    """Requests queued but not started per model; past it, 503 with Retry-After."""
+
+    request_timeout_s: float = 600.0
+    """A generation still running after this long is stopped (finish_reason ``length``
+    is not claimed: the client gets an error)."""
 
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default (one per core)."""
@@ -35,7 +49,12 @@ class Settings(BaseSettings):
     """Require an API key on every /v1 route. /health stays open."""
 
     region: str = "local"
-    """The region this gateway serves from; recorded on every usage row."""
+    """The region this gateway serves from (``serve --region``); recorded on every usage
+    row. Overrides ``[gateway] region`` in the routing file."""
+
+    routing_config: Path | None = None
+    """``levant.toml`` (or YAML) naming regions and deployments (local engine, upstream
+    providers). Without it, every model is served by the local engine in ``region``."""
 
     max_request_bytes: int = 4 * 1024 * 1024
     """Request bodies above this size are refused with 413."""

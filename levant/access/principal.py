@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from levant.routing.regions import UNRESTRICTED, ResidencyPolicy
+
 if TYPE_CHECKING:
     from levant.catalog.card import ModelCard
 
@@ -44,6 +46,12 @@ class Principal:
     scopes: Scopes
     grants: frozenset[str] = frozenset()
     """Commercial-track models this principal's workspace may use."""
+    residency: ResidencyPolicy = UNRESTRICTED
+    """Where the workspace's requests may be served, and its retention mode."""
+
+    @property
+    def zero_retention(self) -> bool:
+        return self.residency.retention == "zero"
 
     def may_use(self, card: ModelCard) -> bool:
         """Visible and usable: in the key's scope, and open or granted."""

@@ -23,12 +23,27 @@ from levant.access.startup import Platform, open_platform
 from levant.access.usage import UsageWriter
 from levant.api.body_limit import BodyLimitMiddleware
 from levant.api.errors import install_error_handlers
-from levant.api.routes import chat, health, models, usage, weights
+from levant.api.gateway import build_gateway
+from levant.api.routes import (
+    chat,
+    console,
+    console_keys,
+    conversations,
+    embeddings,
+    fim,
+    health,
+    metrics,
+    models,
+    session,
+    usage,
+    weights,
+)
 from levant.api.state import AppState, Limits
 from levant.catalog.catalog import load_catalog
 from levant.catalog.store import ModelStore
 from levant.config import Settings, get_settings
 from levant.serving.registry import ModelRegistry
+from levant.web import mount_web
 
 log = logging.getLogger("levant")
 
@@ -84,6 +99,7 @@ def create_app(
     settings = settings or get_settings()
     if registry is None:
         registry = ModelRegistry(settings, load_catalog(settings), ModelStore(settings))
+    gateway = build_gateway(settings, registry.catalog)
     if platform is None:
         platform = open_platform(settings)
     state = AppState(
@@ -92,6 +108,7 @@ def create_app(
         platform=platform,
         usage=UsageWriter(platform.db.engine),
         limits=make_limits(settings, platform),
+        gateway=gateway,
         preload=list(preload or []),
     )
 
@@ -101,6 +118,7 @@ def create_app(
         yield
         task.cancel()
         registry.shutdown()
+        await gateway.aclose()
         state.usage.close(timeout=10)
         state.platform.close()
 
@@ -110,6 +128,9 @@ def create_app(
     app.state.levant = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    for router in (health.router, weights.router, models.router, chat.router, usage.router):
-        app.include_router(router)
+    api = (health, metrics, weights, models, chat, fim, embeddings, usage)
+    web = (session, conversations, console_keys, console)
+    for module in (*api, *web):
+        app.include_router(module.router)
+    mount_web(app)
     return app

@@ -1,7 +1,12 @@
 """Who is calling: ``Authorization: Bearer lv-…`` → ``Principal``, or a 401 in the caller's dialect.
 
+A browser signed in to the chat app sends the ``levant_session`` cookie instead
+(only when there is no Authorization header: a Bearer key always wins, with its
+behaviour unchanged). A cookie-authenticated request that changes state must
+carry the session's CSRF token in ``X-CSRF-Token``.
+
 Policy checks that need the principal (model scopes, endpoint scopes) live in
-``levant.access``; this module only extracts and authenticates the key.
+``levant.access``; this module only extracts and authenticates the credentials.
 """
 
 from __future__ import annotations
@@ -12,12 +17,18 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from levant.access import sessions
 from levant.access.keys import KeyRejected, authenticate
-from levant.access.policy import workspace_grants
+from levant.access.policy import workspace_grants, workspace_residency
 from levant.access.principal import Principal, Scopes
 from levant.api.deps import StateDep
 from levant.api.errors import APIError
 from levant.api.state import AppState
+
+SESSION_COOKIE = "levant_session"
+CSRF_COOKIE = "levant_csrf"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _REASONS = {
     "malformed": "Malformed API key",
@@ -42,24 +53,63 @@ def _authenticate_sync(state: AppState, key: str | None) -> Principal:
         else:
             principal = authenticate(session, key, state.platform.secret)
         grants = workspace_grants(session, principal.workspace_id)
-    return replace(principal, grants=grants)
+        residency = workspace_residency(session, principal.workspace_id, state.gateway.regions)
+    return replace(principal, grants=grants, residency=residency)
+
+
+def _session_sync(state: AppState, token: str) -> sessions.WebIdentity:
+    with state.platform.db.reading() as session:
+        identity = sessions.resolve(session, state.platform.secret, token)
+        wid = identity.principal.workspace_id
+        grants = workspace_grants(session, wid)
+        residency = workspace_residency(session, wid, state.gateway.regions)
+    return replace(
+        identity, principal=replace(identity.principal, grants=grants, residency=residency)
+    )
+
+
+async def _session_principal(request: Request, state: AppState, token: str) -> Principal:
+    try:
+        identity = await asyncio.to_thread(_session_sync, state, token)
+    except sessions.SessionInvalid:
+        raise APIError(
+            401,
+            "Session expired or signed out: sign in again",
+            type="authentication_error",
+            code="invalid_session",
+        ) from None
+    if request.method not in SAFE_METHODS and not sessions.check_csrf(
+        token, request.headers.get(CSRF_HEADER), state.platform.secret
+    ):
+        raise APIError(
+            403,
+            f"Missing or wrong CSRF token: send the {CSRF_COOKIE} cookie's value as X-CSRF-Token",
+            type="permission_error",
+            code="csrf_failed",
+        )
+    request.state.web_identity = identity
+    return identity.principal
 
 
 async def current_principal(request: Request, state: StateDep) -> Principal:
     if not state.settings.auth:
         return await asyncio.to_thread(_authenticate_sync, state, None)
     header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise _unauthorized(
-            "Missing API key: send 'Authorization: Bearer <key>'", "missing_api_key"
-        )
-    try:
-        principal = await asyncio.to_thread(_authenticate_sync, state, key.strip())
-    except KeyRejected as exc:
-        raise _unauthorized(
-            _REASONS.get(exc.reason, "Invalid API key"), f"{exc.reason}_api_key"
-        ) from None
+    session_token = request.cookies.get(SESSION_COOKIE)
+    if not header and session_token:
+        principal = await _session_principal(request, state, session_token)
+    else:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise _unauthorized(
+                "Missing API key: send 'Authorization: Bearer <key>'", "missing_api_key"
+            )
+        try:
+            principal = await asyncio.to_thread(_authenticate_sync, state, key.strip())
+        except KeyRejected as exc:
+            raise _unauthorized(
+                _REASONS.get(exc.reason, "Invalid API key"), f"{exc.reason}_api_key"
+            ) from None
     endpoint = request.url.path
     if not principal.scopes.allows_endpoint(endpoint):
         raise APIError(
@@ -72,3 +122,23 @@ async def current_principal(request: Request, state: StateDep) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def _identity_sync(state: AppState, principal: Principal) -> sessions.WebIdentity:
+    role: sessions.Role = "key" if state.settings.auth else "admin"
+    display = f"key {principal.key_id}" if state.settings.auth else "local user (auth off)"
+    with state.platform.db.reading() as session:
+        return sessions.identity_for(session, principal, role, display)
+
+
+async def current_identity(
+    request: Request, state: StateDep, principal: PrincipalDep
+) -> sessions.WebIdentity:
+    """The caller as the console sees it: role and workspace as well as the principal."""
+    identity: sessions.WebIdentity | None = getattr(request.state, "web_identity", None)
+    if identity is not None:
+        return identity
+    return await asyncio.to_thread(_identity_sync, state, principal)
+
+
+IdentityDep = Annotated[sessions.WebIdentity, Depends(current_identity)]

@@ -28,6 +28,8 @@ def record_usage(
     started: float,
     status: Status,
     price_micros: int,
+    deployment: str = LOCAL_DEPLOYMENT,
+    region: str | None = None,
 ) -> None:
     """Meter what was produced; a cancelled stream is billed for the tokens it got."""
     state.usage.submit(
@@ -36,8 +38,8 @@ def record_usage(
             workspace_id=principal.workspace_id,
             key_id=None if principal.key_id == "anonymous" else principal.key_id,
             model=model,
-            deployment=LOCAL_DEPLOYMENT,
-            region=state.settings.region,
+            deployment=deployment,
+            region=region or state.gateway.region,
             prompt_tokens=stats.prompt_tokens,
             completion_tokens=stats.completion_tokens,
             cached_tokens=stats.cached_tokens,

@@ -9,6 +9,7 @@ from levant.access.limits import Limiter, SpendGuard
 from levant.access.limits.workspace import WorkspaceLimits
 from levant.access.startup import Platform
 from levant.access.usage import UsageWriter
+from levant.api.gateway import Gateway
 from levant.config import Settings
 from levant.serving.registry import ModelRegistry
 
@@ -30,6 +31,8 @@ class AppState:
     """Database, server secret and tenancy."""
     usage: UsageWriter
     limits: Limits
+    gateway: Gateway
+    """Deployments, the residency router and upstream clients."""
     ready: bool = False
     """False while the default model loads: /health answers 503 until then."""
     load_error: str | None = None

@@ -25,6 +25,17 @@ class Capabilities(BaseModel):
     classification: bool = False
 
 
+class EmbeddingSpec(BaseModel):
+    """What an embedding model returns. Only embedding models carry one; they are
+    served by ``/v1/embeddings`` and never by chat or FIM completions."""
+
+    dimension: int = Field(gt=0)
+    """Length of the vectors the model produces."""
+    output_dimensions: list[int] = Field(default_factory=list)
+    """Shorter lengths the model was trained to be cut to (Matryoshka), usable as
+    ``output_dimension``; empty: only ``dimension`` itself."""
+
+
 class WeightFile(BaseModel):
     """One file of a model's weights, addressed by its content."""
 
@@ -90,6 +101,8 @@ class ModelCard(BaseModel):
     architecture: str = "llama"
     pricing: Pricing | None = None
     """None: free to call (usage is still metered)."""
+    embedding: EmbeddingSpec | None = None
+    """Set on embedding models; ``max_context_length`` is then the limit per input."""
 
     def matches(self, name: str) -> bool:
         return name == self.id or name in self.aliases

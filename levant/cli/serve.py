@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -44,6 +45,14 @@ def serve(
     pull_missing: Annotated[
         bool, typer.Option("--pull", help="Pull the start-up models first if they are missing.")
     ] = False,
+    region: Annotated[
+        str | None,
+        typer.Option(help="Region this gateway serves from (e.g. eu-west-paris)."),
+    ] = None,
+    routing: Annotated[
+        Path | None,
+        typer.Option(help="Routing file (levant.toml or YAML): regions and deployments."),
+    ] = None,
 ) -> None:
     """Serve the API on HTTP."""
     import uvicorn
@@ -52,8 +61,16 @@ def serve(
     from levant.api.app import create_app
     from levant.catalog.catalog import ModelNotFound
     from levant.catalog.sources import SourceUnavailable
+    from levant.routing import RoutingConfigError
 
     settings = get_settings()
+    overrides: dict[str, object] = {}
+    if region is not None:
+        overrides["region"] = region
+    if routing is not None:
+        overrides["routing_config"] = routing
+    if overrides:
+        settings = settings.model_copy(update=overrides)
     host = host or settings.host
     port = port or settings.port
     names = model or [settings.default_model]
@@ -65,7 +82,7 @@ def serve(
             for name in names:
                 _ensure_pulled(settings, name)
         application = create_app(settings, preload=names)
-    except (ModelNotFound, SourceUnavailable) as exc:
+    except (ModelNotFound, SourceUnavailable, RoutingConfigError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     url = f"http://{host}:{port}"
@@ -90,9 +107,11 @@ def serve(
 async def _stream_reply(
     name: str, messages: list[ChatMessage], max_tokens: int | None, temperature: float | None
 ) -> str:
-    from levant.serving.service import TextDelta
+    from levant.serving.service import ModelService, TextDelta
 
     service = await _registry().get(name)
+    if not isinstance(service, ModelService):
+        raise typer.BadParameter(f"'{name}' is an embedding model; it does not chat")
     ids = service.prepare(messages, max_tokens)
     sampling = service.sampling(
         temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=None

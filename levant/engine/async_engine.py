@@ -1,82 +1,214 @@
 """AsyncEngine: the engine behind an asyncio-friendly interface.
 
-Model work runs on one worker thread so the event loop never blocks on a
-forward pass. Requests queue in arrival order; a request whose consumer went
-away is dropped before it runs, or stops within one step if it is running.
+One worker thread runs ``LLMEngine.step()`` while any request is unfinished, so the event
+loop never blocks on a forward pass. Requests and aborts reach it through a command
+queue that is drained before every step: a request whose consumer left before it was
+scheduled never runs; a running one stops, its blocks freed, within one step. Admission
+is bounded: past ``max_waiting_requests`` / ``max_waiting_tokens`` not yet started,
+``generate`` raises ``EngineOverloaded`` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import math
 import threading
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from collections import defaultdict, deque
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field, replace
 
 from levant.engine.core import LLMEngine
+from levant.engine.errors import ContextLengthExceeded, EngineOverloaded
 from levant.engine.protocol import EngineOutput, EngineRequest
+from levant.engine.stats import EngineStats
+
+_Item = EngineOutput | BaseException
 
 
 @dataclass
-class _Job:
-    request: EngineRequest
+class _Stream:
     loop: asyncio.AbstractEventLoop
-    outputs: asyncio.Queue[EngineOutput | BaseException]
-    cancelled: threading.Event = field(default_factory=threading.Event)
+    queue: asyncio.Queue[_Item]
+    num_prompt_tokens: int
+    started: bool = False  # produced its first output: no longer counts as waiting
+
+
+@dataclass
+class _Commands:
+    adds: deque[EngineRequest] = field(default_factory=deque)
+    aborts: deque[str] = field(default_factory=deque)
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        *,
+        max_waiting_requests: int = 256,
+        max_waiting_tokens: int | None = None,
+    ) -> None:
+        """``max_waiting_tokens`` (prompt tokens of admitted requests without output yet)
+        defaults to twice the KV cache's capacity."""
         self.engine = engine
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self._running = 0
+        self.max_waiting_requests = max_waiting_requests
+        self.max_waiting_tokens = max_waiting_tokens or 2 * engine.kv_cache_tokens
+        self._lock = threading.Lock()  # admission counters, commands and streams
+        self._commands = _Commands()
+        self._streams: dict[str, _Stream] = {}
+        self._waiting_requests = 0
+        self._waiting_tokens = 0
+        self._wake = threading.Event()
+        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="levant-engine", daemon=True)
         self._worker.start()
 
     @property
     def num_running(self) -> int:
-        return self._running
+        return self.engine.num_running
 
     @property
     def num_waiting(self) -> int:
-        return self._jobs.qsize()
+        return self._waiting_requests
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        """Tokens of context the KV cache holds across all requests (for the startup log)."""
+        return self.engine.kv_cache_tokens
+
+    def stats(self) -> EngineStats:
+        return replace(self.engine.stats(), num_requests_waiting=self._waiting_requests)
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
-        """Yield the request's outputs; closing the iterator cancels the request."""
-        loop = asyncio.get_running_loop()
-        job = _Job(request, loop, asyncio.Queue())
-        self._jobs.put(job)
+        """Yield the request's outputs; closing the iterator cancels the request.
+
+        Raises EngineOverloaded (queue full) or ContextLengthExceeded before any output.
+        """
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), len(request.prompt_token_ids))
+        self._submit(request, stream)
+        finished = False
         try:
             while True:
-                item = await job.outputs.get()
+                item = await stream.queue.get()
                 if isinstance(item, BaseException):
+                    finished = True
                     raise item
                 yield item
                 if item.finished:
+                    finished = True
                     return
         finally:
-            job.cancelled.set()
+            if not finished:
+                self.abort(request.request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a request; its stream ends with finish reason ``abort`` if still read."""
+        with self._lock:
+            self._commands.aborts.append(request_id)
+        self._wake.set()
 
     def shutdown(self) -> None:
-        self._jobs.put(None)
+        self._stopping = True
+        self._wake.set()
         self._worker.join(timeout=5)
 
+    def check_capacity(self, num_prompt_tokens: int) -> None:
+        """Raise EngineOverloaded if a request of this size would be refused now."""
+        with self._lock:
+            self._check_capacity(num_prompt_tokens)
+
+    def _check_capacity(self, n: int) -> None:
+        if self._stopping:
+            raise EngineOverloaded("shutting down", 1)
+        if self._waiting_requests + 1 > self.max_waiting_requests:
+            raise EngineOverloaded(
+                f"{self._waiting_requests} requests waiting", self._retry_after()
+            )
+        if self._waiting_tokens + n > self.max_waiting_tokens and self._waiting_requests:
+            raise EngineOverloaded(
+                f"{self._waiting_tokens} prompt tokens waiting", self._retry_after()
+            )
+
+    def _submit(self, request: EngineRequest, stream: _Stream) -> None:
+        n = len(request.prompt_token_ids)
+        if n >= self.engine.max_context:
+            raise ContextLengthExceeded(n, self.engine.max_context)
+        with self._lock:
+            self._check_capacity(n)
+            if request.request_id in self._streams:
+                raise ValueError(f"request id {request.request_id!r} is already in flight")
+            self._waiting_requests += 1
+            self._waiting_tokens += n
+            self._streams[request.request_id] = stream
+            self._commands.adds.append(request)
+        self._wake.set()
+
+    def _retry_after(self) -> int:
+        """Seconds until the waiting prompts are likely through, at the recent rate."""
+        rate = max(self.engine.tokens_per_second, 1.0)
+        return max(1, min(60, math.ceil(self._waiting_tokens / rate)))
+
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            if job.cancelled.is_set():
-                continue  # the client left while queued: never runs
-            self._running += 1
+        while not self._stopping:
+            self._apply_commands()
+            if not self.engine.has_unfinished_requests():
+                self._wake.wait()
+                self._wake.clear()
+                continue
             try:
-                for out in self.engine.generate(job.request, job.cancelled.is_set):
-                    _deliver(job, out)
-            except Exception as exc:  # surfaced to the consumer, never kills the worker
-                _deliver(job, exc)
-            finally:
-                self._running -= 1
+                outputs = self.engine.step()
+            except Exception as exc:  # surfaced to every consumer, never kills the worker
+                self._fail_all(exc)
+                continue
+            self._deliver(outputs)
+        self._fail_all(EngineOverloaded("shutting down", 1))
+
+    def _apply_commands(self) -> None:
+        with self._lock:
+            adds, aborts = self._commands.adds, self._commands.aborts
+            self._commands = _Commands()
+        failed: list[EngineOutput | tuple[str, BaseException]] = []
+        for request in adds:  # before the aborts: a request cancelled while queued never runs
+            try:
+                self.engine.add_request(request)
+            except ContextLengthExceeded as exc:
+                failed.append((request.request_id, exc))
+        for request_id in aborts:
+            self.engine.abort_request(request_id)
+        self._deliver(failed)
+
+    def _deliver(self, items: Sequence[EngineOutput | tuple[str, BaseException]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[_Item], _Item]]]
+        by_loop = defaultdict(list)
+        with self._lock:
+            for item in items:
+                rid, payload = (item.request_id, item) if isinstance(item, EngineOutput) else item
+                stream = self._streams.get(rid)
+                if stream is None:
+                    continue
+                if not stream.started:
+                    stream.started = True
+                    self._waiting_requests -= 1
+                    self._waiting_tokens -= stream.num_prompt_tokens
+                if not isinstance(payload, EngineOutput) or payload.finished:
+                    del self._streams[rid]
+                by_loop[stream.loop].append((stream.queue, payload))
+        for loop, puts in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, puts)
+            except RuntimeError:  # that event loop is closed: nobody is listening
+                for _, payload in puts:
+                    if isinstance(payload, EngineOutput) and not payload.finished:
+                        self.abort(payload.request_id)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            ids = list(self._streams)
+        for rid in ids:
+            self.engine.abort_request(rid)
+        self.engine.step()  # collect the aborts so the engine holds nothing
+        self._deliver([(rid, exc) for rid in ids])
 
 
-def _deliver(job: _Job, item: EngineOutput | BaseException) -> None:
-    try:
-        job.loop.call_soon_threadsafe(job.outputs.put_nowait, item)
-    except RuntimeError:  # the consumer's event loop is closed: nobody is listening
-        job.cancelled.set()
+def _put_all(puts: list[tuple[asyncio.Queue[_Item], _Item]]) -> None:
+    for queue, item in puts:
+        queue.put_nowait(item)

@@ -1,29 +1,33 @@
-"""The generation loop: one request at a time, prefill then decode with a KV cache.
+"""LLMEngine: continuous batching over a paged KV cache, one ``step()`` at a time.
 
-Boundary: token ids and sampling parameters in, ``EngineOutput`` deltas out.
-The continuous-batching scheduler replaces this loop without changing that
-contract.
+Boundary: ``EngineRequest`` in, ``EngineOutput`` deltas out, token ids only. Each step is
+schedule -> execute -> update: the scheduler picks tokens under a budget, the runner
+computes them in one forward pass and samples, the scheduler advances and finishes
+requests. Not thread-safe: ``AsyncEngine`` drives it from one thread.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import torch
 
-from levant.engine.protocol import EngineOutput, EngineRequest, FinishReason
-from levant.engine.sampler import apply_penalties, make_generator, sample
+from levant.engine.block_hash import extra_keys
+from levant.engine.errors import ContextLengthExceeded
+from levant.engine.kv_cache_manager import KVCacheManager
+from levant.engine.model_runner import ModelRunner
+from levant.engine.protocol import EngineOutput, EngineRequest
+from levant.engine.request import Request
+from levant.engine.scheduler import Scheduler
+from levant.engine.stats import EngineMetrics, EngineStats
 from levant.models.config import ModelConfig
-from levant.models.transformer import KVCache, Transformer
+from levant.models.paged_attention import PagedKVCache
+from levant.models.transformer import Transformer
 
+__all__ = ["ContextLengthExceeded", "LLMEngine"]
 
-class ContextLengthExceeded(ValueError):
-    def __init__(self, prompt_tokens: int, max_context: int) -> None:
-        super().__init__(
-            f"prompt has {prompt_tokens} tokens but the model's context is {max_context} tokens"
-        )
-        self.prompt_tokens = prompt_tokens
-        self.max_context = max_context
+DEFAULT_KV_CACHE_BYTES = 1 << 30
 
 
 class LLMEngine:
@@ -35,62 +39,121 @@ class LLMEngine:
         max_context: int | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        model_id: str = "",
+        kv_cache_bytes: int | None = None,
+        block_size: int = 16,
+        max_num_batched_tokens: int = 256,
+        max_num_seqs: int = 64,
+        enable_prefix_caching: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``kv_cache_bytes`` sizes the paged cache (default 1 GiB); ``max_context`` is
+        also capped by it, so that a request alone always fits. ``dtype`` is the cache's."""
         self.model = model
         self.config = config
-        self.max_context = min(max_context or config.max_position, config.max_position)
         self.device = torch.device(device)
         self.dtype = dtype
+        self.model_id = model_id
+        self.clock = clock
+        per_block = PagedKVCache.bytes_per_block(config, block_size, dtype)
+        num_blocks = max(1, (kv_cache_bytes or DEFAULT_KV_CACHE_BYTES) // per_block)
+        self.kv_cache = PagedKVCache.allocate(config, num_blocks, block_size, dtype, self.device)
+        self.kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching)
+        self.max_context = min(max_context or config.max_position, config.max_position)
+        self.max_context = min(self.max_context, self.kv.capacity_tokens)
+        self.metrics = EngineMetrics()
+        self.scheduler = Scheduler(
+            self.kv,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            clock=clock,
+            metrics=self.metrics,
+        )
+        self.runner = ModelRunner(model, self.kv_cache, self.device)
+        self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 
-    @torch.inference_mode()
+    @property
+    def kv_cache_tokens(self) -> int:
+        """Tokens of context the KV cache holds across all requests."""
+        return self.kv.capacity_tokens
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_waiting_tokens(self) -> int:
+        return self.scheduler.num_waiting_tokens
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    def add_request(self, request: EngineRequest) -> None:
+        """Queue a request; raises ContextLengthExceeded when its prompt cannot fit."""
+        n_prompt = len(request.prompt_token_ids)
+        if n_prompt >= self.max_context:
+            raise ContextLengthExceeded(n_prompt, self.max_context)
+        room = self.max_context - n_prompt
+        max_tokens = request.sampling.max_tokens
+        self.scheduler.add_request(
+            Request(
+                request,
+                max_new_tokens=room if max_tokens is None else min(room, max_tokens),
+                at_model_limit=max_tokens is None or max_tokens > room,
+                extra_keys=extra_keys(self.model_id, request.cache_salt),
+                arrival_time=self.clock(),
+                device=self.device,
+            )
+        )
+
+    def abort_request(self, request_id: str) -> None:
+        """Finish with reason ``abort``; its blocks are free before the next step."""
+        self.scheduler.abort(request_id)
+
+    def step(self) -> list[EngineOutput]:
+        """One iteration: schedule -> execute -> update."""
+        t0 = self.clock()
+        scheduled = self.scheduler.schedule()
+        sampled = self.runner.execute(scheduled.scheduled) if scheduled.scheduled else {}
+        outputs = self.scheduler.update(scheduled, sampled)
+        if scheduled.num_tokens:
+            rate = scheduled.num_tokens / max(self.clock() - t0, 1e-6)
+            self.tokens_per_second = 0.9 * self.tokens_per_second + 0.1 * rate
+        return outputs
+
+    def stats(self) -> EngineStats:
+        m = self.metrics
+        return EngineStats(
+            num_requests_running=self.num_running,
+            num_requests_waiting=self.num_waiting,
+            kv_cache_usage=self.kv.usage,
+            kv_cache_tokens=self.kv_cache_tokens,
+            prefix_cache_queries=self.kv.prefix_queries,
+            prefix_cache_hits=self.kv.prefix_hits,
+            prompt_tokens_total=m.prompt_tokens_total,
+            generation_tokens_total=m.generation_tokens_total,
+            num_preemptions_total=m.num_preemptions_total,
+            request_success_total=m.finished_counts(),
+            time_to_first_token=m.time_to_first_token.snapshot(),
+            inter_token_latency=m.inter_token_latency.snapshot(),
+            e2e_request_latency=m.e2e_request_latency.snapshot(),
+        )
+
     def generate(
         self, request: EngineRequest, cancelled: Callable[[], bool] = lambda: False
     ) -> Iterator[EngineOutput]:
-        """Yield one ``EngineOutput`` per generated token; the last has ``finished``.
-
-        ``cancelled`` is polled once per step; when it turns true the request
-        ends with finish reason ``abort`` and its cache is released.
-        """
-        prompt = request.prompt_token_ids
-        params = request.sampling
-        n_prompt = len(prompt)
-        if n_prompt >= self.max_context:
-            raise ContextLengthExceeded(n_prompt, self.max_context)
-        budget = self.max_context - n_prompt
-        if params.max_tokens is not None:
-            budget = min(budget, params.max_tokens)
-        cache = KVCache.allocate(self.config, 1, n_prompt + budget, self.dtype, self.device)
-        generator = make_generator(params.seed, self.device)
-        stop_ids = params.stop_token_ids
-
-        def output(tokens: list[int], reason: FinishReason | None) -> EngineOutput:
-            return EngineOutput(request.request_id, tokens, reason is not None, reason, n_prompt, 0)
-
-        if budget == 0:
-            yield output([], "length")
-            return
-        tokens = torch.tensor([prompt], dtype=torch.long, device=self.device)
-        logits = self.model(tokens, 0, cache)[0, -1]  # prefill: (vocab,)
-        pos = n_prompt
-        counts = torch.zeros(logits.shape[-1], dtype=torch.float32, device=self.device)
-        for produced in range(1, budget + 1):
+        """Run one request to the end, stepping the engine (for scripts and tests; the
+        server goes through ``AsyncEngine``). ``cancelled`` is polled once per step."""
+        self.add_request(request)
+        while True:
             if cancelled():
-                yield output([], "abort")
-                return
-            logits = apply_penalties(logits, counts, params)
-            if produced <= params.min_tokens and stop_ids:
-                logits[list(stop_ids)] = float("-inf")
-            token = sample(logits, params, generator)
-            counts[token] += 1
-            reason: FinishReason | None = None
-            if token in stop_ids and not params.ignore_eos:
-                reason = "stop"
-            elif produced == budget:
-                at_limit = params.max_tokens is not None and produced == params.max_tokens
-                reason = "length" if at_limit else "model_length"
-            yield output([token], reason)
-            if reason is not None:
-                return
-            step = torch.tensor([[token]], dtype=torch.long, device=self.device)
-            logits = self.model(step, pos, cache)[0, -1]  # decode one token
-            pos += 1
+                self.abort_request(request.request_id)
+            for out in self.step():
+                if out.request_id == request.request_id:
+                    yield out
+                    if out.finished:
+                        return

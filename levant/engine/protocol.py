@@ -39,6 +39,15 @@ class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingParams
+    cache_salt: str | None = None
+    """Prefix-cache namespace (e.g. the workspace id): requests share cached prompt
+    blocks only when their salts are equal, so tenants never share entries."""
+    timeout_s: float | None = None
+    """Seconds from arrival after which the request ends with finish reason ``abort``,
+    whether it is still queued or running."""
+    prefix_cache: bool = True
+    """False (zero retention): the request neither reads nor fills the prefix cache, so
+    nothing derived from its text is findable once it has finished."""
 
 
 @dataclass(frozen=True)
@@ -51,3 +60,4 @@ class EngineOutput:
     finish_reason: FinishReason | None = None
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
+    """Prompt tokens whose keys/values came from the prefix cache (whole blocks)."""

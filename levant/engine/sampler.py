@@ -6,9 +6,15 @@ every run, whatever else the process is doing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 
 from levant.engine.protocol import SamplingParams
+
+if TYPE_CHECKING:
+    from levant.engine.request import Request
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
@@ -55,3 +61,19 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         return int(torch.argmax(logits).item())
     probs = logits_to_probs(logits.float(), params)
     return int(torch.multinomial(probs, num_samples=1, generator=generator).item())
+
+
+def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]:
+    """One token per row of (R, vocab) float32 logits; row i reads only requests[i]'s
+    parameters, output so far and generator, so a token never depends on its batch."""
+    for i, request in enumerate(requests):
+        params = request.sampling
+        if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+            ids = torch.tensor(request.output_token_ids, dtype=torch.long, device=logits.device)
+            counts = torch.bincount(ids, minlength=logits.shape[-1]).float()  # (vocab,)
+            logits[i] = apply_penalties(logits[i], counts, params)
+        if request.num_output_tokens < params.min_tokens and params.stop_token_ids:
+            logits[i, list(params.stop_token_ids)] = float("-inf")
+    if all(r.sampling.temperature <= 0.0 for r in requests):
+        return [int(t) for t in logits.argmax(dim=-1).tolist()]  # all greedy: one call
+    return [sample(logits[i], r.sampling, r.generator) for i, r in enumerate(requests)]

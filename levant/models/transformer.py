@@ -2,6 +2,9 @@
 
 Boundary: token ids and absolute positions in, float32 logits out. No sampling,
 batching policy, tokenization or file formats here (loaders produce our names).
+Where keys and values live, and who may attend to whom, is an ``AttentionBackend``:
+``CausalAttention`` over the contiguous ``KVCache`` below, or the engine's paged
+cache (``levant.models.paged_attention``), which the model never sees directly.
 
 Parameter names are Mistral's consolidated names (``tok_embeddings``,
 ``layers.{i}.attention.wq``, ``feed_forward.w1`` ...). Rotary layout: the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -84,12 +88,14 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
     return torch.where(is_medium, smoothed, scaled)
 
 
-def apply_rotary_emb(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs: x (B, T, n_heads, head_dim), cos/sin (T, head_dim // 2)."""
-    xf = x.float().view(*x.shape[:-1], -1, 2)  # (B, T, n_heads, head_dim // 2, 2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, head_dim // 2)
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs: x (B, T, n_heads, head_dim), freqs_cis (T, head_dim // 2) complex.
+
+    Each pair (x[2i], x[2i+1]) is the complex number x[2i] + j x[2i+1], rotated by
+    multiplying with e^(j * angle) -- one complex multiply instead of four real ones.
+    """
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, h, hd // 2)
+    out = torch.view_as_real(xc * freqs_cis[None, :, None, :])  # (B, T, h, hd // 2, 2)
     return out.flatten(-2).type_as(x)
 
 
@@ -111,6 +117,42 @@ def attention_mask(
     if sliding_window is not None:
         mask &= q_pos - k_pos < sliding_window
     return mask
+
+
+class AttentionBackend(Protocol):
+    """Stores this step's keys/values and attends: the model projects and rotates, nothing more."""
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        """q (B, T, n_heads, hd), k/v (B, T, n_kv_heads, hd) -> (B, T, n_heads, hd)."""
+        ...
+
+
+@dataclass
+class CausalAttention:
+    """Causal (optionally windowed) attention for B sequences at the same positions.
+
+    With a ``KVCache`` the new keys/values are written at ``start_pos`` and attention covers
+    everything cached so far; without one it is a plain full-sequence forward.
+    """
+
+    cache: KVCache | None
+    start_pos: int
+    mask: torch.Tensor | None  # (T, start_pos + T) from attention_mask(), None: plain causal
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
+        if self.cache is not None:  # k, v become (B, n_kv_heads, start_pos + T, head_dim)
+            k, v = self.cache.update(layer, self.start_pos, k, v)
+        # No mask: either one query attending to everything, or a causal prefill from 0.
+        is_causal = self.mask is None and q.shape[2] > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=self.mask, is_causal=is_causal, enable_gqa=q.shape[1] != k.shape[1]
+        )  # (B, n_heads, T, head_dim)
+        return out.transpose(1, 2)
 
 
 class RMSNorm(nn.Module):
@@ -140,30 +182,18 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        start_pos: int,
-        cache: KVCache | None,
+        freqs_cis: torch.Tensor,
+        attend: AttentionBackend,
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, dim)
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q = apply_rotary_emb(q, cos, sin)
-        k = apply_rotary_emb(k, cos, sin)
-
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
-        if cache is not None:
-            k, v = cache.update(layer, start_pos, k, v)  # (B, n_kv_heads, start_pos + T, head_dim)
-
-        # No mask: either one query attending to everything, or a causal prefill from 0.
-        is_causal = mask is None and T > 1
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_heads != self.n_kv_heads
-        )  # (B, n_heads, T, head_dim)
-        y: torch.Tensor = self.wo(out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        q = apply_rotary_emb(q, freqs_cis)
+        k = apply_rotary_emb(k, freqs_cis)
+        out = attend(layer, q, k, v)  # (B, T, n_heads, head_dim)
+        y: torch.Tensor = self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
         return y  # (B, T, dim)
 
 
@@ -193,15 +223,10 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        start_pos: int,
-        cache: KVCache | None,
+        freqs_cis: torch.Tensor,
+        attend: AttentionBackend,
     ) -> torch.Tensor:
-        h: torch.Tensor = x + self.attention(
-            self.attention_norm(x), cos, sin, mask, start_pos, cache, self.layer
-        )
+        h: torch.Tensor = x + self.attention(self.attention_norm(x), freqs_cis, attend, self.layer)
         out: torch.Tensor = h + self.feed_forward(self.ffn_norm(h))
         return out
 
@@ -243,17 +268,34 @@ class Transformer(nn.Module):
         if cache is None and start_pos != 0:
             raise ValueError("start_pos must be 0 without a KV cache")
         _, T = tokens.shape
-        positions = torch.arange(start_pos, start_pos + T, device=tokens.device).float()
-        angles = torch.outer(positions, self.inv_freq)  # (T, head_dim // 2)
-        cos, sin = angles.cos(), angles.sin()
+        positions = torch.arange(start_pos, start_pos + T, device=tokens.device)
         mask = attention_mask(start_pos, T, self.config.sliding_window, tokens.device)
+        return self.logits(
+            self.hidden_states(tokens, positions, CausalAttention(cache, start_pos, mask))
+        )
 
+    def hidden_states(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attend: AttentionBackend
+    ) -> torch.Tensor:
+        """tokens (B, T) at positions (T,) -> final-normed hidden states (B, T, dim).
+
+        The positions need not be contiguous: a flattened batch of several sequences is
+        B = 1 with each token at its own position, and ``attend`` knows the sequences.
+        """
+        angles = torch.outer(positions.float(), self.inv_freq)  # (T, head_dim // 2)
+        freqs_cis = torch.polar(torch.ones_like(angles), angles)  # e^(j * angle), complex64
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, start_pos, cache)
-        h = self.norm(h)
-        weight = self.tok_embeddings.weight if self.output is None else self.output.weight
-        return F.linear(h, weight).float()  # (B, T, vocab)
+            h = layer(h, freqs_cis, attend)
+        out: torch.Tensor = self.norm(h)
+        return out
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., dim) hidden states -> (..., vocab) float32 logits."""
+        if self.output is None:  # tied: the embedding matrix is the output head
+            return F.linear(h, self.tok_embeddings.weight).float()
+        out: torch.Tensor = self.output(h)
+        return out.float()
 
 
 def build_model(

@@ -44,11 +44,29 @@ class GenerationStats:
     finish_reason: FinishReason | None = None
 
 
+class GenerationTimedOut(RuntimeError):
+    """The engine stopped the request at its deadline (``timeout_s``)."""
+
+
 class ModelService:
-    def __init__(self, card: ModelCard, tokenizer: Tokenizer, engine: AsyncEngine) -> None:
+    def __init__(
+        self,
+        card: ModelCard,
+        tokenizer: Tokenizer,
+        engine: AsyncEngine,
+        *,
+        timeout_s: float | None = None,
+    ) -> None:
         self.card = card
         self.tokenizer = tokenizer
         self.engine = engine
+        self.timeout_s = timeout_s
+        """Per-request deadline handed to the engine (queued or running)."""
+
+    def check_capacity(self, prompt_tokens: int) -> None:
+        """Raise EngineOverloaded now if a request of this size would be refused, so
+        the API can answer 503 before a stream's headers go out."""
+        self.engine.check_capacity(prompt_tokens)
 
     @property
     def max_context(self) -> int:
@@ -95,8 +113,22 @@ class ModelService:
         sampling: SamplingParams,
         stop: Sequence[str] = (),
         stats: GenerationStats | None = None,
+        *,
+        cache_salt: str | None = None,
+        prefix_cache: bool = True,
     ) -> AsyncGenerator[TextDelta | Finished, None]:
-        request = EngineRequest(f"req-{uuid.uuid4().hex}", prompt_ids, sampling)
+        """Text deltas, then ``Finished``. ``cache_salt`` (the workspace) keeps prefix-cache
+        entries from being shared across tenants. Raises EngineOverloaded (queue full),
+        ContextLengthExceeded, or GenerationTimedOut past the deadline. ``prefix_cache``
+        False (zero retention) keeps the prompt out of the prefix cache."""
+        request = EngineRequest(
+            f"req-{uuid.uuid4().hex}",
+            prompt_ids,
+            sampling,
+            cache_salt=cache_salt,
+            timeout_s=self.timeout_s,
+            prefix_cache=prefix_cache,
+        )
         detok = IncrementalDetokenizer(self.tokenizer, context=prompt_ids)
         matcher = StopMatcher(list(stop))
         stats = stats if stats is not None else GenerationStats()
@@ -107,6 +139,8 @@ class ModelService:
             async for out in outputs:
                 stats.completion_tokens += len(out.new_token_ids)
                 stats.cached_tokens = out.num_cached_tokens
+                if out.finish_reason == "abort":  # only the deadline aborts a stream still read
+                    raise GenerationTimedOut(f"generation stopped after {self.timeout_s} s")
                 piece = detok.push(out.new_token_ids)
                 if out.finished:
                     piece += detok.flush()

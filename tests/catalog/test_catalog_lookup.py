@@ -82,7 +82,8 @@ models:
         % ("0" * 64),
     )
     catalog = load_catalog(settings)
-    assert [c.id for c in catalog.cards()] == ["smollm2-135m-instruct", "my-model"]
+    ids = [c.id for c in catalog.cards()]
+    assert ids == ["smollm2-135m-instruct", "all-minilm-l6-v2", "my-model"]
     smol = catalog.get("smollm2")
     assert (
         isinstance(smol.sources[0], LocalSource) and smol.sources[0].path == "/mnt/mirror/smollm2"

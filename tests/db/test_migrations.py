@@ -23,6 +23,9 @@ TABLES = {
     "audit_log",
     "audit_head",
     "workspace_limits",
+    "web_sessions",
+    "conversations",
+    "conversation_messages",
 }
 
 

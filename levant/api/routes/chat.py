@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import aclosing
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from levant.api.admission import admit, release
+from levant.access.principal import Principal
 from levant.api.auth import PrincipalDep
 from levant.api.chat_input import to_chat_messages
 from levant.api.deps import StateDep
 from levant.api.dialect import Dialect, detect_dialect
-from levant.api.errors import APIError, error_body
-from levant.api.metering import Status, record_usage
-from levant.api.models_lookup import service_for
+from levant.api.errors import APIError
+from levant.api.generation import chunk_wire, context_length_error, start_generation, usage_of
+from levant.api.models_lookup import card_for, service_for
 from levant.api.schemas.chat import (
     AssistantMessage,
     ChatCompletionChunk,
@@ -25,30 +20,17 @@ from levant.api.schemas.chat import (
     ChatCompletionResponse,
     Choice,
     Delta,
-    PromptTokensDetails,
     StreamChoice,
     Usage,
 )
-from levant.api.streaming import DONE, sse_event, sse_response
+from levant.api.state import AppState
+from levant.api.streaming import sse_event, sse_response
+from levant.api.upstream_chat import UpstreamCall, upstream_error
 from levant.engine.core import ContextLengthExceeded
-from levant.serving.service import Finished, GenerationStats, TextDelta
+from levant.routing import Deployment, DeploymentFailure, NoDeploymentInPolicy
+from levant.serving.service import Finished
 
 router = APIRouter()
-
-
-def _usage(done: Finished) -> Usage:
-    return Usage(
-        prompt_tokens=done.prompt_tokens,
-        completion_tokens=done.completion_tokens,
-        total_tokens=done.prompt_tokens + done.completion_tokens,
-        num_cached_tokens=done.cached_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=done.cached_tokens),
-    )
-
-
-def _chunk_wire(chunk: ChatCompletionChunk) -> dict[str, object]:
-    """``finish_reason`` is always present (null until the end); ``usage`` only at the end."""
-    return chunk.model_dump(exclude={"usage"} if chunk.usage is None else set())
 
 
 def _finish_reason(reason: str, dialect: Dialect) -> str:
@@ -60,23 +42,67 @@ def _finish_reason(reason: str, dialect: Dialect) -> str:
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, state: StateDep, principal: PrincipalDep
 ) -> Response:
+    """Route to a deployment inside the workspace's residency policy, then serve there.
+
+    Every response names the serving deployment and region (``levant-deployment``,
+    ``levant-region``); when no deployment inside the policy can serve, the answer is
+    an error naming the policy — never a deployment outside it.
+    """
     if body.uses_openai_fields:
         request.state.dialect = "openai"
     dialect = detect_dialect(request)
-    service = await service_for(state, body.model, principal)
+    gateway = state.gateway
+    card = card_for(state, body.model, principal, require_pulled=not gateway.remote(body.model))
+    upstream: UpstreamCall | None = None
+
+    async def attempt(deployment: Deployment) -> Response:
+        nonlocal upstream
+        if deployment.backend == "local":
+            return await _serve_locally(body, dialect, state, principal, deployment)
+        if upstream is None:
+            upstream = UpstreamCall(state, principal, card, await request.json(), dialect)
+        return await upstream.attempt(deployment)
+
+    try:
+        routed = await gateway.router.route(card.id, principal.residency, attempt)
+    except NoDeploymentInPolicy as exc:
+        if upstream is not None:
+            upstream.abandon()
+        raise APIError(
+            exc.status,
+            exc.message,
+            type="permission_error" if exc.status == 403 else "service_unavailable",
+            param="model",
+            code=exc.code,
+        ) from exc
+    except DeploymentFailure as exc:
+        if upstream is not None:
+            upstream.abandon()
+        raise upstream_error(exc) from exc
+    response = routed.value
+    response.headers.update(routed.headers)
+    return response
+
+
+async def _serve_locally(
+    body: ChatCompletionRequest,
+    dialect: Dialect,
+    state: AppState,
+    principal: Principal,
+    deployment: Deployment,
+) -> Response:
+    try:
+        service = await service_for(state, body.model, principal)
+    except APIError as exc:
+        if exc.status == 404:  # not pulled here: another deployment may serve
+            raise DeploymentFailure(deployment.name, exc.message, retryable=True) from exc
+        raise
     messages = to_chat_messages(body, service.card)
     max_tokens = body.effective_max_tokens
     try:
         prompt_ids = service.prepare(messages, max_tokens)
     except ContextLengthExceeded as exc:
-        raise APIError(
-            400,
-            f"Prompt of {exc.prompt_tokens} tokens"
-            + (" (including max_tokens)" if max_tokens else "")
-            + f" exceeds the model's context length of {exc.max_context} tokens",
-            param="messages",
-            code="context_length_exceeded",
-        ) from exc
+        raise context_length_error(exc, with_max_tokens=bool(max_tokens), param="messages") from exc
     sampling = service.sampling(
         temperature=body.temperature,
         top_p=body.top_p,
@@ -88,103 +114,56 @@ async def chat_completions(
         frequency_penalty=body.frequency_penalty,
     )
     prefix = messages[-1].content if messages[-1].prefix else ""
-    completion_id = uuid.uuid4().hex
-    created = int(time.time())
     model_name = body.model
-    stats = GenerationStats()
-    events = service.generate(prompt_ids, sampling, body.stop_list, stats)
-    started = time.monotonic()
-
-    max_new = max_tokens if max_tokens is not None else service.max_context - len(prompt_ids)
-    admission = await admit(state, principal, service.card, len(prompt_ids), max_new)
-
-    def meter(status: Status) -> None:
-        price = release(state, admission, stats)
-        record_usage(
-            state,
-            principal,
-            request_id=completion_id,
-            model=service.card.id,
-            stats=stats,
-            started=started,
-            status=status,
-            price_micros=price,
-        )
+    run = await start_generation(
+        state, principal, service, prompt_ids, sampling, body.stop_list, max_tokens, deployment
+    )
 
     if not body.stream:
-        text = [prefix]
-        done: Finished | None = None
-        status: Status = "cancelled"  # unless it completes or fails below
-        try:
-            async for ev in events:
-                if isinstance(ev, TextDelta):
-                    text.append(ev.text)
-                else:
-                    done = ev
-            status = "ok"
-        except Exception:
-            status = "error"
-            raise
-        finally:
-            meter(status)
-        assert done is not None
+        text, done = await run.collect()
         response = ChatCompletionResponse(
-            id=completion_id,
-            created=created,
+            id=run.request_id,
+            created=run.created,
             model=model_name,
             choices=[
                 Choice(
                     index=0,
-                    message=AssistantMessage(content="".join(text)),
+                    message=AssistantMessage(content=prefix + text),
                     finish_reason=_finish_reason(done.finish_reason, dialect),
                 )
             ],
-            usage=_usage(done),
+            usage=usage_of(done),
         )
-        return JSONResponse(response.model_dump(), headers=admission.headers)
+        return JSONResponse(response.model_dump(), headers=run.headers)
 
     include_usage_chunk = bool(body.stream_options and body.stream_options.include_usage)
 
     def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
         c = ChatCompletionChunk(
-            id=completion_id,
-            created=created,
+            id=run.request_id,
+            created=run.created,
             model=model_name,
             choices=[StreamChoice(index=0, delta=delta, finish_reason=finish)],
             usage=usage,
         )
-        return sse_event(_chunk_wire(c))
+        return sse_event(chunk_wire(c))
 
-    async def stream() -> AsyncIterator[bytes]:
-        status: Status = "cancelled"  # a client that leaves mid-stream ends here
-        yield chunk(Delta(role="assistant", content=prefix))
-        try:
-            async with aclosing(events):  # a client gone mid-stream cancels generation
-                async for ev in events:
-                    if isinstance(ev, TextDelta):
-                        yield chunk(Delta(content=ev.text))
-                        continue
-                    usage = _usage(ev)
-                    # Mistral puts usage on the finishing chunk; OpenAI clients that
-                    # asked for include_usage also get a final chunk with no choices.
-                    reason = _finish_reason(ev.finish_reason, dialect)
-                    yield chunk(Delta(content=""), reason, usage)
-                    if include_usage_chunk:
-                        final = ChatCompletionChunk(
-                            id=completion_id,
-                            created=created,
-                            model=model_name,
-                            choices=[],
-                            usage=usage,
-                        )
-                        yield sse_event(_chunk_wire(final))
-            status = "ok"
-        except Exception as exc:  # headers are sent: report in-band, never a trace
-            status = "error"
-            err = APIError(500, f"Generation failed: {type(exc).__name__}", type="internal_error")
-            yield sse_event(error_body(err, dialect))
-        finally:
-            meter(status)
-        yield DONE
+    def finish(done: Finished) -> list[bytes]:
+        # Mistral puts usage on the finishing chunk; OpenAI clients that asked for
+        # include_usage also get a final chunk with no choices.
+        usage = usage_of(done)
+        events = [chunk(Delta(content=""), _finish_reason(done.finish_reason, dialect), usage)]
+        if include_usage_chunk:
+            final = ChatCompletionChunk(
+                id=run.request_id, created=run.created, model=model_name, choices=[], usage=usage
+            )
+            events.append(sse_event(chunk_wire(final)))
+        return events
 
-    return sse_response(stream(), headers=admission.headers)
+    events = run.sse(
+        dialect,
+        first=chunk(Delta(role="assistant", content=prefix)),
+        on_text=lambda text: chunk(Delta(content=text)),
+        on_finish=finish,
+    )
+    return sse_response(events, headers=run.headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import levant.db.conversation_tables  # noqa: F401  (registers the chat app's tables)
 from levant.db.engine import make_engine
 from levant.db.tables import Base
 

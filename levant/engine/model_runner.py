@@ -1,0 +1,61 @@
+"""ModelRunner: one forward pass over every scheduled token, then one token per finisher.
+
+Flattens the step's requests into one sequence (B = 1) with per-token positions and cache
+slots, runs the model over the paged cache, and samples the rows that end a sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from levant.engine.sampler import sample_batch
+from levant.engine.scheduler import ScheduledRequest
+from levant.models.paged_attention import (
+    PagedAttention,
+    PagedKVCache,
+    SequenceChunk,
+    plan_attention,
+)
+from levant.models.transformer import Transformer
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, cache: PagedKVCache, device: torch.device) -> None:
+        self.model = model
+        self.cache = cache
+        self.device = device
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledRequest]) -> dict[str, int]:
+        """Compute the scheduled tokens; the sampled token of each request that samples."""
+        bs = self.cache.block_size
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        chunks: list[SequenceChunk] = []
+        sample_rows: list[int] = []
+        for s in scheduled:
+            end = s.start + s.num_new_tokens
+            chunks.append(SequenceChunk(len(tokens), s.num_new_tokens, s.start, s.block_ids))
+            tokens += s.request.all_token_ids[s.start : end]
+            positions += range(s.start, end)
+            slots += (s.block_ids[p // bs] * bs + p % bs for p in range(s.start, end))
+            if s.samples:
+                sample_rows.append(len(tokens) - 1)
+        if not sample_rows and not tokens:
+            return {}
+
+        def tensor(xs: list[int]) -> torch.Tensor:
+            return torch.tensor(xs, dtype=torch.long, device=self.device)
+
+        window = self.model.config.sliding_window
+        attend = PagedAttention(
+            self.cache, tensor(slots), plan_attention(chunks, bs, window, self.device)
+        )
+        h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)  # (1, N, dim)
+        if not sample_rows:
+            return {}
+        logits = self.model.logits(h[0, sample_rows])  # (R, vocab) float32
+        samplers = [s.request for s in scheduled if s.samples]
+        ids = sample_batch(logits, samplers)
+        return {r.request_id: t for r, t in zip(samplers, ids, strict=True)}

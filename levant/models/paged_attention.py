@@ -1,0 +1,184 @@
+"""Attention over a paged KV cache, for a flattened batch of sequences in one forward pass.
+
+Keys and values live in fixed-size blocks of slots (slot = block * block_size + offset);
+which blocks belong to which sequence (its block table) is the engine's business. This
+module writes each new token's key/value at the slot it is given and attends each
+sequence over its own slots, honouring causality and the sliding window.
+
+Sequences are attended in groups, one SDPA call per group and layer: every one-token
+(decode) sequence together, padded to the longest context, and each longer chunk on its
+own. ``plan_attention`` builds the groups once per step; every layer reuses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from levant.models.config import ModelConfig
+
+
+@dataclass
+class PagedKVCache:
+    keys: list[torch.Tensor]  # n_layers x (num_blocks * block_size, n_kv_heads, head_dim)
+    values: list[torch.Tensor]  # n_layers x (num_blocks * block_size, n_kv_heads, head_dim)
+    block_size: int
+
+    @staticmethod
+    def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        """Keys and values of ``block_size`` tokens across all layers."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.n_layers * block_size * config.n_kv_heads * config.head_dim * itemsize
+
+    @classmethod
+    def allocate(
+        cls,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> PagedKVCache:
+        shape = (num_blocks * block_size, config.n_kv_heads, config.head_dim)
+        return cls(
+            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+            block_size=block_size,
+        )
+
+    @property
+    def num_blocks(self) -> int:
+        return self.keys[0].shape[0] // self.block_size
+
+
+@dataclass(frozen=True)
+class SequenceChunk:
+    """One sequence's share of the flattened batch."""
+
+    start: int  # row of its first new token in the flattened batch
+    num_new: int  # new tokens this step, at positions num_cached .. num_cached + num_new - 1
+    num_cached: int  # tokens whose keys/values are already in the cache
+    block_table: list[int]  # blocks holding positions 0, block_size, 2 * block_size, ...
+
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """R sequences of Q new tokens each, attended in one SDPA call (padded to L keys)."""
+
+    num_seqs: int  # R
+    rows: torch.Tensor | slice  # (R * Q,) rows of the flattened batch, a slice if contiguous
+    kv_blocks: torch.Tensor | None  # (R * n,) the first n blocks of each sequence's table, to
+    # attend over L = n * block_size slots; None: attend only to its own new tokens
+    mask: torch.Tensor | None  # (R, 1, Q, L) True where visible; None: plain causal
+
+
+def plan_attention(
+    chunks: list[SequenceChunk], block_size: int, sliding_window: int | None, device: torch.device
+) -> list[AttentionGroup]:
+    groups: list[AttentionGroup] = []
+    decodes = [c for c in chunks if c.num_new == 1]
+    if decodes:
+        groups.append(_decode_group(decodes, block_size, sliding_window, device))
+    for c in chunks:
+        if c.num_new > 1:
+            groups.append(_chunk_group(c, block_size, sliding_window, device))
+    return groups
+
+
+def _blocks(tables: list[list[int]], num_blocks: int, device: torch.device) -> torch.Tensor:
+    """(R * num_blocks,) each table's first blocks, padded with block 0 (masked out)."""
+    padded = [b for t in tables for b in t[:num_blocks] + [0] * (num_blocks - len(t))]
+    return torch.tensor(padded, dtype=torch.long, device=device)
+
+
+def _decode_group(
+    chunks: list[SequenceChunk], block_size: int, window: int | None, device: torch.device
+) -> AttentionGroup:
+    context = [c.num_cached + 1 for c in chunks]  # each query sees its cache and itself
+    num_blocks = -(-max(context) // block_size)
+    blocks = _blocks([c.block_table for c in chunks], num_blocks, device)
+    k_pos = torch.arange(num_blocks * block_size, device=device)[None, :]  # (1, L)
+    q_pos = torch.tensor([c.num_cached for c in chunks], device=device)[:, None]  # (R, 1)
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask &= q_pos - k_pos < window
+    starts = [c.start for c in chunks]
+    first = starts[0]
+    rows: torch.Tensor | slice = slice(first, first + len(starts))
+    if starts != list(range(first, first + len(starts))):
+        rows = torch.tensor(starts, dtype=torch.long, device=device)
+    return AttentionGroup(len(chunks), rows, blocks, mask[:, None, None, :])  # mask (R,1,1,L)
+
+
+def _chunk_group(
+    c: SequenceChunk, block_size: int, window: int | None, device: torch.device
+) -> AttentionGroup:
+    rows = slice(c.start, c.start + c.num_new)
+    end = c.num_cached + c.num_new
+    if c.num_cached == 0 and (window is None or end <= window):
+        return AttentionGroup(1, rows, None, None)  # a fresh prefill: causal over its own tokens
+    num_blocks = -(-end // block_size)
+    blocks = _blocks([c.block_table], num_blocks, device)
+    q_pos = torch.arange(c.num_cached, end, device=device)[:, None]  # (Q, 1)
+    k_pos = torch.arange(num_blocks * block_size, device=device)[None, :]  # (1, L)
+    mask = k_pos <= q_pos
+    if window is not None:
+        mask &= q_pos - k_pos < window
+    return AttentionGroup(1, rows, blocks, mask[None, None])  # mask (1, 1, Q, L)
+
+
+@dataclass
+class PagedAttention:
+    """The ``AttentionBackend`` for one step of a flattened batch (B = 1, T = all new tokens)."""
+
+    cache: PagedKVCache
+    slot_mapping: torch.Tensor  # (N,) where each new token's key/value is written
+    groups: list[AttentionGroup]
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        q, k, v = q[0], k[0], v[0]  # (N, heads, head_dim)
+        k_cache, v_cache = self.cache.keys[layer], self.cache.values[layer]
+        k_cache.index_copy_(0, self.slot_mapping, k)
+        v_cache.index_copy_(0, self.slot_mapping, v)
+        if len(self.groups) == 1:  # all decodes, or one prefill: rows are 0..N-1 in order
+            return self._attend(self.groups[0], q, k, v, k_cache, v_cache)[None]
+        out = torch.empty_like(q)  # (N, n_heads, head_dim)
+        for group in self.groups:
+            out[group.rows] = self._attend(group, q, k, v, k_cache, v_cache)
+        return out[None]  # (1, N, n_heads, head_dim)
+
+    def _attend(
+        self,
+        group: AttentionGroup,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+    ) -> torch.Tensor:
+        """This group's queries (R * Q, n_heads, hd) -> their outputs, the same shape."""
+        R, (_, n_heads, hd), n_kv_heads = group.num_seqs, q.shape, k.shape[1]
+        qg = q[group.rows].view(R, -1, n_heads, hd)  # (R, Q, n_heads, hd)
+        if group.kv_blocks is None:
+            kg = k[group.rows].view(R, -1, n_kv_heads, hd)  # (R, Q, n_kv_heads, hd)
+            vg = v[group.rows].view(R, -1, n_kv_heads, hd)
+        else:
+            # Whole blocks are contiguous: index_select copies them at memcpy speed.
+            bs = self.cache.block_size
+            kg = k_cache.view(-1, bs, n_kv_heads, hd).index_select(0, group.kv_blocks)
+            vg = v_cache.view(-1, bs, n_kv_heads, hd).index_select(0, group.kv_blocks)
+            kg, vg = kg.view(R, -1, n_kv_heads, hd), vg.view(R, -1, n_kv_heads, hd)  # (R, L, ...)
+        qg, kg, vg = (t.transpose(1, 2) for t in (qg, kg, vg))  # (R, heads, Q or L, hd)
+        out = F.scaled_dot_product_attention(
+            qg,
+            kg,
+            vg,
+            attn_mask=group.mask,
+            is_causal=group.mask is None and qg.shape[2] > 1,
+            enable_gqa=n_heads != n_kv_heads,
+        )  # (R, n_heads, Q, hd)
+        return out.transpose(1, 2).reshape(-1, n_heads, hd)  # (R * Q, n_heads, hd)
