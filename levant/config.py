@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     """The region this gateway serves from (``serve --region``); recorded on every usage
     row. Overrides ``[gateway] region`` in the routing file."""
 
+    chat_retention_days: float | None = None
+    """Standard retention: chat-app conversations untouched for this many days are deleted
+    (checked at start-up and hourly). None keeps them until their owner deletes them."""
+
     routing_config: Path | None = None
     """``levant.toml`` (or YAML) naming regions and deployments (local engine, upstream
     providers). Without it, every model is served by the local engine in ``region``."""

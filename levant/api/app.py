@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
 
@@ -42,6 +43,7 @@ from levant.api.state import AppState, Limits
 from levant.catalog.catalog import load_catalog
 from levant.catalog.store import ModelStore
 from levant.config import Settings, get_settings
+from levant.conversations.store import purge_older_than
 from levant.serving.registry import ModelRegistry
 from levant.web import mount_web
 
@@ -57,6 +59,28 @@ async def _preload(state: AppState) -> None:
     except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("failed to load models: %s", state.load_error)
+
+
+def purge_expired_chats(state: AppState) -> int:
+    """Standard retention's period: delete conversations idle past ``chat_retention_days``."""
+    days = state.settings.chat_retention_days
+    if days is None:
+        return 0
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    with state.platform.db.writing() as session:
+        gone = purge_older_than(session, cutoff)
+    if gone:
+        log.info("retention: deleted %d conversations idle for over %g days", gone, days)
+    return gone
+
+
+async def _retention_loop(state: AppState, every_s: float = 3600.0) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(purge_expired_chats, state)
+        except Exception as exc:  # a failed sweep is retried at the next one
+            log.error("retention sweep failed: %s", type(exc).__name__)
+        await asyncio.sleep(every_s)
 
 
 def make_limits(settings: Settings, platform: Platform) -> Limits:
@@ -115,8 +139,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_preload(state))
+        sweeper = asyncio.create_task(_retention_loop(state))
         yield
         task.cancel()
+        sweeper.cancel()
         registry.shutdown()
         await gateway.aclose()
         state.usage.close(timeout=10)

@@ -165,20 +165,20 @@ class HubFetcher:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def _from_cache(self, filename: str) -> Path | None:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        """The file from the local Hugging Face cache, looked up on disk only (no request,
+        not even a name lookup: this runs in offline mode too)."""
+        from huggingface_hub import try_to_load_from_cache
 
         try:
-            path = hf_hub_download(
+            path = try_to_load_from_cache(
                 self.source.repo_id,
                 filename,
-                revision=self.source.revision,
                 cache_dir=self.options.hf_cache_dir,
-                local_files_only=True,
+                revision=self.source.revision,
             )
-        except (EntryNotFoundError, OSError, ValueError):
+        except (OSError, ValueError):
             return None
-        return Path(path)
+        return Path(path) if isinstance(path, str) else None
 
     def _download(self, filename: str, description: str, progress: Progress) -> Path:
         from huggingface_hub import hf_hub_download

@@ -230,3 +230,19 @@ def _info(row: Conversation, messages: list[MessageInfo] | None = None) -> Conve
         updated_at=row.updated_at,
         messages=messages or [],
     )
+
+
+def purge_older_than(session: Session, cutoff: datetime) -> int:
+    """Delete conversations last updated before ``cutoff``, with their messages (standard
+    retention's period). Returns how many conversations went."""
+    old = select(Conversation.id).where(Conversation.updated_at < cutoff)
+    ids = list(session.scalars(old))
+    if not ids:
+        return 0
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        session.execute(
+            delete(ConversationMessage).where(ConversationMessage.conversation_id.in_(chunk))
+        )
+        session.execute(delete(Conversation).where(Conversation.id.in_(chunk)))
+    return len(ids)
