@@ -8,8 +8,10 @@ process that answers a canned streamed chat completion):
                       in-policy deployment + UpstreamClient SSE pass-through, response
                       headers levant-region / levant-deployment (no auth/limits/metering)
 - ``litellm``         LiteLLM's proxy (``litellm --config``), when its binary is found
-- ``levant``          a full Levant gateway at ``--levant-url`` (auth, limits, metering),
-                      once the chat route forwards through the router
+- ``levant``          a full Levant gateway (``levant serve`` in its own process, with a
+                      routing file naming the upstream): API-key auth, rate-limit
+                      admission, usage metering to SQLite, residency routing — the
+                      production path. ``--levant-url`` points at one already running.
 
 Each target is measured at each concurrency with interleaved rounds; added
 latency is the target's percentile minus the direct percentile. Prints a
@@ -297,7 +299,8 @@ async def one(client: httpx.AsyncClient, target: Target) -> float:
     return time.perf_counter() - started
 
 
-async def measure(target: Target, concurrency: int, requests: int) -> list[float]:
+async def measure(target: Target, concurrency: int, requests: int) -> tuple[list[float], float]:
+    """Latencies of ``requests`` streams at ``concurrency``, and the wall time they took."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         for _ in range(min(20, requests)):  # warm the connections and the target
@@ -309,8 +312,64 @@ async def measure(target: Target, concurrency: int, requests: int) -> list[float
             for _ in queue:
                 latencies.append(await one(client, target))
 
+        started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
+        wall = time.perf_counter() - started
+    return latencies, wall
+
+
+def start_levant(stack: ExitStack, upstream: str, workdir: Path) -> tuple[str, str, str]:
+    """A full ``levant serve`` whose only deployment of the model is the upstream.
+
+    Returns (url, api key, model). Auth, admission against (default) limits and
+    usage metering all run as in production; nothing is loaded locally.
+    """
+    model = "smollm2-135m-instruct"
+    home = workdir / "levant-home"
+    routing = workdir / "levant.toml"
+    routing.write_text(
+        f"""[gateway]
+region = "eu-west-paris"
+
+[[deployments]]
+name = "bench-upstream"
+model = "{model}"
+backend = "upstream"
+region = "eu-west-paris"
+[deployments.upstream]
+url = "{upstream}"
+max_retries = 0
+"""
+    )
+    env = {**os.environ, "LEVANT_HOME": str(home), "LEVANT_ROUTING_CONFIG": str(routing)}
+    levant = [sys.executable, "-m", "levant.cli"]
+    created = subprocess.run(
+        [*levant, "keys", "create", "--name", "bench"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = created.stdout.strip().splitlines()[-1]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = spawn(
+        stack,
+        [*levant, "serve", "--port", str(port), "--model", model],
+        env=env,
+        log=workdir / "levant.log",
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"levant exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return url, key, model
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("levant did not become healthy")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -385,15 +444,24 @@ def main() -> None:
         if args.levant_url:
             auth = {"authorization": f"Bearer {args.levant_key}"} if args.levant_key else {}
             targets.append(Target("levant", args.levant_url.rstrip("/"), auth, args.levant_model))
+        else:
+            try:
+                url, key, model = start_levant(stack, upstream, Path(tmp))
+                targets.append(Target("levant", url, {"authorization": f"Bearer {key}"}, model))
+            except (RuntimeError, subprocess.CalledProcessError) as exc:
+                log = Path(tmp) / "levant.log"
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                skipped["levant"] = f"{exc}; log tail: {tail}"
 
         raw: dict[str, dict[int, list[float]]] = {t.name: {} for t in targets}
+        walls: dict[str, dict[int, float]] = {t.name: {} for t in targets}
         for conc in args.concurrency:
             per_round = max(conc, args.requests // args.rounds)
             for _ in range(args.rounds):
                 for t in targets:
-                    raw[t.name].setdefault(conc, []).extend(
-                        asyncio.run(measure(t, conc, per_round))
-                    )
+                    lat, wall = asyncio.run(measure(t, conc, per_round))
+                    raw[t.name].setdefault(conc, []).extend(lat)
+                    walls[t.name][conc] = walls[t.name].get(conc, 0.0) + wall
 
     rows = []
     for conc in args.concurrency:
@@ -412,15 +480,17 @@ def main() -> None:
                     "added_p50_ms": (p50 - b50) * 1e3,
                     "added_p99_ms": (p99 - b99) * 1e3,
                     "mean_ms": statistics.fmean(lat) * 1e3,
+                    "requests_per_s": len(lat) / walls[t.name][conc],
                 }
             )
 
-    print("| target | streams | requests | p50 ms | p99 ms | added p50 ms | added p99 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| target | streams | requests | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['target']} | {r['concurrency']} | {r['requests']} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['added_p50_ms']:+.2f} | {r['added_p99_ms']:+.2f} |"
+            f"{r['p99_ms']:.2f} | {r['added_p50_ms']:+.2f} | {r['added_p99_ms']:+.2f} | "
+            f"{r['requests_per_s']:.0f} |"
         )
     for name, why in skipped.items():
         print(f"\n{name} skipped: {why}")

@@ -51,8 +51,13 @@ log = logging.getLogger("levant")
 
 
 async def _preload(state: AppState) -> None:
+    """Load the start-up models this process serves itself (those with a local
+    deployment; a model served only by upstreams has nothing to load)."""
     try:
         for name in state.preload:
+            card = state.registry.catalog.get(name)
+            if not state.gateway.serves_locally(card.id):
+                continue
             card = state.registry.resolve(name)
             await asyncio.to_thread(state.registry.load, card)
         state.ready = True

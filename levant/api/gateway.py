@@ -47,6 +47,10 @@ class Gateway:
         """Whether some deployment of ``model`` is not this process's engine."""
         return any(d.model == model and d.backend != "local" for d in self.router.deployments)
 
+    def serves_locally(self, model: str) -> bool:
+        """Whether this process's engine is one of ``model``'s deployments."""
+        return any(d.model == model and d.backend == "local" for d in self.router.deployments)
+
     def snapshot(self) -> dict[str, Any]:
         """What the console shows: this gateway's region and every deployment's state."""
         return {
