@@ -32,6 +32,14 @@ class Settings(BaseSettings):
     kv_cache_gb: float = 1.0
     """Memory for each loaded model's paged KV cache, in GiB."""
 
+    keep_alive_s: float | None = 300.0
+    """A model loaded on demand is unloaded after this long without requests (start-up
+    models stay). None keeps every model loaded."""
+
+    models_memory_gb: float | None = None
+    """Budget for all loaded models (weights + KV caches). Loading past it first unloads
+    idle models, least recently used first; if that cannot make room, 503."""
+
     max_batched_tokens: int = 256
     """Token budget of one engine step (prefill chunks and decode tokens together)."""
 

@@ -59,6 +59,7 @@ async def _preload(state: AppState) -> None:
             if not state.gateway.serves_locally(card.id):
                 continue
             card = state.registry.resolve(name)
+            state.registry.pin(card.id)
             await asyncio.to_thread(state.registry.load, card)
         state.ready = True
     except Exception as exc:
@@ -77,6 +78,19 @@ def purge_expired_chats(state: AppState) -> int:
     if gone:
         log.info("retention: deleted %d conversations idle for over %g days", gone, days)
     return gone
+
+
+async def _keep_alive_loop(state: AppState) -> None:
+    """Unload models loaded on demand once idle past ``keep_alive_s``."""
+    keep = state.settings.keep_alive_s
+    if keep is None:
+        return
+    while True:
+        await asyncio.sleep(min(max(keep / 2, 0.05), 10.0))
+        try:
+            await asyncio.to_thread(state.registry.evict_idle)
+        except Exception as exc:
+            log.error("keep-alive sweep failed: %s", type(exc).__name__)
 
 
 async def _retention_loop(state: AppState, every_s: float = 3600.0) -> None:
@@ -144,10 +158,14 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_preload(state))
-        sweeper = asyncio.create_task(_retention_loop(state))
+        sweepers = [
+            asyncio.create_task(_retention_loop(state)),
+            asyncio.create_task(_keep_alive_loop(state)),
+        ]
         yield
         task.cancel()
-        sweeper.cancel()
+        for sweeper in sweepers:
+            sweeper.cancel()
         registry.shutdown()
         await gateway.aclose()
         state.usage.close(timeout=10)

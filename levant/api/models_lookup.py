@@ -8,7 +8,7 @@ from levant.api.state import AppState
 from levant.catalog.card import ModelCard
 from levant.catalog.catalog import ModelNotFound
 from levant.embeddings import EmbeddingService
-from levant.serving.registry import ModelNotAvailable
+from levant.serving.registry import ModelNotAvailable, OutOfModelMemory, Service
 from levant.serving.service import ModelService
 
 
@@ -25,7 +25,7 @@ async def service_for(
             param="model",
             code="unsupported_capability",
         )
-    service = await state.registry.get(card.id)
+    service = await _loaded(state, card)
     assert isinstance(service, ModelService)
     return service
 
@@ -40,9 +40,22 @@ async def embedder_for(state: AppState, name: str, principal: Principal) -> Embe
             param="model",
             code="unsupported_capability",
         )
-    service = await state.registry.get(card.id)
+    service = await _loaded(state, card)
     assert isinstance(service, EmbeddingService)
     return service
+
+
+async def _loaded(state: AppState, card: ModelCard) -> Service:
+    try:
+        return await state.registry.get(card.id)
+    except OutOfModelMemory as exc:
+        raise APIError(
+            503,
+            str(exc),
+            type="service_unavailable",
+            code="capacity_exceeded",
+            headers={"Retry-After": "10"},
+        ) from exc
 
 
 def card_for(

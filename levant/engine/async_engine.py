@@ -63,6 +63,12 @@ class AsyncEngine:
         self._worker.start()
 
     @property
+    def num_in_flight(self) -> int:
+        """Requests submitted and not yet finished (queued or running)."""
+        with self._lock:
+            return len(self._streams)
+
+    @property
     def num_running(self) -> int:
         return self.engine.num_running
 

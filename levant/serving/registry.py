@@ -4,13 +4,23 @@ A model is servable when the catalogue knows it and its weights are in the
 store. Loading happens off the event loop, once per model, under a lock.
 Generative models get a ``ModelService`` (tokenizer + continuous-batching
 engine); cards that carry ``embedding`` get an ``EmbeddingService``.
+
+Lifecycle (Ollama's model): start-up models are pinned; others are unloaded
+after ``keep_alive_s`` without requests (``evict_idle``, called periodically by
+the app). With ``models_memory_gb``, loading a model first unloads idle ones,
+least recently used first, and raises ``OutOfModelMemory`` if that cannot make
+room — never unloading a model with requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -39,13 +49,55 @@ class ModelNotAvailable(LookupError):
     """Known to the catalogue but not in the store (or not known at all)."""
 
 
+class OutOfModelMemory(RuntimeError):
+    """Loading a model would exceed ``models_memory_gb`` even after unloading idle ones."""
+
+
+def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def service_bytes(service: Service) -> int:
+    """Memory a loaded model holds: weights, buffers and (for generators) its KV cache."""
+    if isinstance(service, ModelService):
+        model: torch.nn.Module = service.engine.engine.model
+        cache = service.engine.engine.kv_cache
+        return _tensor_bytes([*model.parameters(), *model.buffers(), *cache.keys, *cache.values])
+    bert = service.encoder.bert
+    return _tensor_bytes([*bert.parameters(), *bert.buffers()])
+
+
+def count_parameters(path: Path) -> int:
+    """Parameters in a model directory, from GGUF or safetensors headers (0 if unknown)."""
+    total = 0
+    for file in path.glob("*.gguf"):
+        from gguf import GGUFReader
+
+        total += sum(int(t.n_elements) for t in GGUFReader(file).tensors)
+    for file in path.glob("*.safetensors"):
+        with file.open("rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for name, info in header.items():
+            if name != "__metadata__":
+                total += math.prod(info["shape"])
+    return total
+
+
+def _in_flight(service: Service) -> int:
+    return service.engine.num_in_flight if isinstance(service, ModelService) else 0
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, catalog: Catalog, store: ModelStore) -> None:
         self.settings = settings
         self.catalog = catalog
         self.store = store
         self._services: dict[str, Service] = {}
+        self._bytes: dict[str, int] = {}
+        self._last_used: dict[str, float] = {}
+        self._pinned: set[str] = set()
         self._lock = threading.Lock()
+        self.clock: Callable[[], float] = time.monotonic
 
     def servable_cards(self) -> list[ModelCard]:
         return [
@@ -71,10 +123,18 @@ class ModelRegistry:
 
     async def get(self, name: str) -> Service:
         card = self.resolve(name)
+        self._last_used[card.id] = self.clock()
         service = self._services.get(card.id)
         if service is not None:
             return service
         return await asyncio.to_thread(self.load, card)
+
+    def pin(self, model_id: str) -> None:
+        """Keep ``model_id`` loaded whatever its idle time (start-up models)."""
+        self._pinned.add(model_id)
+
+    def loaded_bytes(self) -> int:
+        return sum(self._bytes.values())
 
     def load(self, card: ModelCard) -> Service:
         with self._lock:
@@ -83,6 +143,7 @@ class ModelRegistry:
             path = self.store.path(card)
             if path is None:
                 raise ModelNotAvailable(f"Model '{card.id}' is not pulled")
+            self._make_room(card, path)
             log.info("loading %s from %s", card.id, path)
             service: Service
             if card.embedding is not None:
@@ -90,7 +151,61 @@ class ModelRegistry:
             else:
                 service = self._load_generator(card, path)
             self._services[card.id] = service
+            self._bytes[card.id] = service_bytes(service)
+            self._last_used[card.id] = self.clock()
             return service
+
+    def _estimate_bytes(self, card: ModelCard, path: Path) -> int:
+        """Before loading: parameters (counted from the weight files' headers) at the
+        compute dtype, plus the KV cache."""
+        itemsize = 2 if self.settings.dtype in ("bfloat16", "float16") else 4
+        params = count_parameters(path)
+        weights = params * itemsize if params else sum(f.size for f in card.files)
+        kv = 0 if card.embedding is not None else int(self.settings.kv_cache_gb * (1 << 30))
+        return weights + kv
+
+    def _make_room(self, card: ModelCard, path: Path) -> None:
+        budget_gb = self.settings.models_memory_gb
+        if budget_gb is None:
+            return
+        budget = int(budget_gb * (1 << 30))
+        need = self._estimate_bytes(card, path)
+        order = sorted(self._services, key=lambda m: self._last_used.get(m, 0.0))
+        for model_id in order:
+            if self.loaded_bytes() + need <= budget:
+                return
+            if model_id in self._pinned or _in_flight(self._services[model_id]):
+                continue
+            self._unload_locked(model_id, "to make room for " + card.id)
+        if self.loaded_bytes() + need > budget:
+            busy = ", ".join(sorted(self._services)) or "none"
+            raise OutOfModelMemory(
+                f"Not enough model memory to load '{card.id}' (about {need / 2**30:.2f} GiB "
+                f"needed, {budget_gb:g} GiB budget; loaded and busy or pinned: {busy})"
+            )
+
+    def evict_idle(self) -> list[str]:
+        """Unload unpinned models idle for longer than ``keep_alive_s``; their ids."""
+        keep = self.settings.keep_alive_s
+        if keep is None:
+            return []
+        now = self.clock()
+        gone = []
+        with self._lock:
+            for model_id in list(self._services):
+                idle = now - self._last_used.get(model_id, now)
+                service = self._services[model_id]
+                if model_id in self._pinned or idle < keep or _in_flight(service):
+                    continue
+                self._unload_locked(model_id, f"idle for {idle:.0f} s")
+                gone.append(model_id)
+        return gone
+
+    def _unload_locked(self, model_id: str, why: str) -> None:
+        service = self._services.pop(model_id)
+        self._bytes.pop(model_id, None)
+        log.info("unloading %s (%s)", model_id, why)
+        _shutdown(service)
 
     def _load_generator(self, card: ModelCard, path: Path) -> ModelService:
         s = self.settings
@@ -122,7 +237,11 @@ class ModelRegistry:
 
     def shutdown(self) -> None:
         for service in self._services.values():
-            if isinstance(service, ModelService):
-                service.engine.shutdown()
-            else:
-                service.shutdown()
+            _shutdown(service)
+
+
+def _shutdown(service: Service) -> None:
+    if isinstance(service, ModelService):
+        service.engine.shutdown()
+    else:
+        service.shutdown()
