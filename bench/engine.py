@@ -4,9 +4,9 @@ Every stream gets its own ~100-token prompt (no shared prefix) and must produce 
 ``--new-tokens`` tokens (EOS ignored). All streams arrive at once; the engine's step loop
 runs them with continuous batching. Reports aggregate and per-stream output tok/s, prefill
 tok/s and time to first token, per weight format (float32, bfloat16, int8 weight-only).
-The named peer is llama.cpp's llama-server measured on the same CPU (``--peer-*``, from
-the issue; HTTP-level comparison is separate work). Prints a markdown table and writes
-JSON to bench/results/.
+This is Levant's engine alone, in process (no HTTP): the comparison with named peers
+(llama.cpp's llama-server, transformers), measured in the same run on the same machine,
+is ``python -m bench.serving``. Prints a markdown table and writes JSON to bench/results/.
 
     python -m bench.engine [--dtypes float32,int8] [--concurrency 1,4,16] [--threads 2]
 """
@@ -33,8 +33,6 @@ from levant.models.quantize import quantize_int8
 from levant.models.transformer import Transformer, build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# llama.cpp llama-server, SmolLM2-135M Q4_1, same 2-core CPU (from the issue).
-PEER = {"aggregate_16": 193.0, "single_stream": 200.0, "prefill": 500.0}
 
 
 def build(path: Path, fmt: str) -> tuple[Transformer, torch.dtype]:
@@ -129,10 +127,6 @@ def main() -> None:
             f"| {r['weights']} | {r['concurrency']} | {r['aggregate_tok_s']:.1f} | "
             f"{r['per_stream_tok_s']:.1f} | {r['prefill_tok_s']:.1f} | {r['ttft_s']:.2f} |"
         )
-    print(
-        f"| llama.cpp Q4_1 (peer) | 16 / 1 | {PEER['aggregate_16']:.0f} | "
-        f"{PEER['single_stream']:.0f} | {PEER['prefill']:.0f} | |"
-    )
 
     now = datetime.now(UTC)
     RESULTS.mkdir(exist_ok=True)
@@ -147,7 +141,6 @@ def main() -> None:
         "max_batched_tokens": args.max_batched_tokens,
         "torch": torch.__version__,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "peer": PEER,
         "results": rows,
     }
     runs = json.loads(out.read_text())["runs"] if out.is_file() else []
