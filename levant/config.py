@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = 4 * 1024 * 1024
     """Request bodies above this size are refused with 413."""
 
+    max_file_bytes: int = 512 * 1024 * 1024
+    """A ``/v1/files`` upload above this size is refused with 413 (Mistral's limit is 512 MB);
+    the upload route alone takes bodies this large, streamed to disk."""
+
     offline: bool = False
     """Refuse network weight sources (Hub, PyPI); local paths still work."""
 

@@ -26,11 +26,14 @@ from levant.api.body_limit import BodyLimitMiddleware
 from levant.api.errors import install_error_handlers
 from levant.api.gateway import build_gateway
 from levant.api.routes import (
+    batch,
     chat,
     console,
+    console_admin,
     console_keys,
     conversations,
     embeddings,
+    files,
     fim,
     health,
     metrics,
@@ -40,6 +43,7 @@ from levant.api.routes import (
     weights,
 )
 from levant.api.state import AppState, Limits
+from levant.batch.runner import BatchRunner
 from levant.catalog.catalog import load_catalog
 from levant.catalog.store import ModelStore
 from levant.config import Settings, get_settings
@@ -162,7 +166,11 @@ def create_app(
             asyncio.create_task(_retention_loop(state)),
             asyncio.create_task(_keep_alive_loop(state)),
         ]
+        batch_runner = BatchRunner(state, app)
+        app.state.batch_runner = batch_runner
+        batch_runner.start()
         yield
+        await batch_runner.stop()
         task.cancel()
         for sweeper in sweepers:
             sweeper.cancel()
@@ -176,9 +184,13 @@ def create_app(
     )
     app.state.levant = state
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    api = (health, metrics, weights, models, chat, fim, embeddings, usage)
-    web = (session, conversations, console_keys, console)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        path_limits={files.UPLOAD_PATH: files.upload_body_limit(settings)},
+    )
+    api = (health, metrics, weights, models, chat, fim, embeddings, usage, files, batch)
+    web = (session, conversations, console_keys, console, console_admin)
     for module in (*api, *web):
         app.include_router(module.router)
     mount_web(app)

@@ -29,6 +29,10 @@ SESSION_COOKIE = "levant_session"
 CSRF_COOKIE = "levant_csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+INTERNAL_PRINCIPAL = "levant.principal"
+"""ASGI scope key under which an in-process caller (the batch runner, calling the app
+through ``httpx.ASGITransport``) hands over the principal it acts for. Only code in
+this process can set scope keys: a request from the network never carries it."""
 
 _REASONS = {
     "malformed": "Malformed API key",
@@ -92,11 +96,14 @@ async def _session_principal(request: Request, state: AppState, token: str) -> P
 
 
 async def current_principal(request: Request, state: StateDep) -> Principal:
-    if not state.settings.auth:
+    internal = request.scope.get(INTERNAL_PRINCIPAL)
+    if not state.settings.auth and internal is None:
         return await asyncio.to_thread(_authenticate_sync, state, None)
     header = request.headers.get("authorization", "")
     session_token = request.cookies.get(SESSION_COOKIE)
-    if not header and session_token:
+    if isinstance(internal, Principal):
+        principal = internal  # authenticated by the in-process caller (batch lines)
+    elif not header and session_token:
         principal = await _session_principal(request, state, session_token)
     else:
         scheme, _, key = header.partition(" ")

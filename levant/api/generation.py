@@ -13,7 +13,8 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from levant.access.principal import Principal
 from levant.api.admission import Admission, admit, release
@@ -25,6 +26,7 @@ from levant.api.state import AppState
 from levant.api.streaming import DONE, sse_event
 from levant.engine.errors import ContextLengthExceeded, EngineOverloaded
 from levant.engine.protocol import SamplingParams
+from levant.models.tokenizers.protocol import ToolCall
 from levant.routing import Deployment
 from levant.serving.service import (
     Finished,
@@ -32,7 +34,9 @@ from levant.serving.service import (
     GenerationTimedOut,
     ModelService,
     TextDelta,
+    ToolCalls,
 )
+from levant.structured.output import OutputPlan
 
 
 def usage_of(done: Finished) -> Usage:
@@ -46,8 +50,19 @@ def usage_of(done: Finished) -> Usage:
 
 
 def chunk_wire(chunk: ChatCompletionChunk) -> dict[str, object]:
-    """``finish_reason`` is always present (null until the end); ``usage`` only at the end."""
-    return chunk.model_dump(exclude={"usage"} if chunk.usage is None else set())
+    """``finish_reason`` is always present (null until the end); ``usage`` only at the end;
+    ``delta.tool_calls`` only in the deltas that carry calls."""
+    exclude: dict[str, Any] = {}
+    if chunk.usage is None:
+        exclude["usage"] = True
+    no_calls = {
+        i: {"delta": {"tool_calls"}}
+        for i, c in enumerate(chunk.choices)
+        if c.delta.tool_calls is None
+    }
+    if no_calls:
+        exclude["choices"] = no_calls
+    return chunk.model_dump(exclude=exclude)
 
 
 def context_length_error(
@@ -98,7 +113,7 @@ class Generation:
     state: AppState
     principal: Principal
     service: ModelService
-    events: AsyncGenerator[TextDelta | Finished, None]
+    events: AsyncGenerator[TextDelta | ToolCalls | Finished, None]
     stats: GenerationStats
     admission: Admission
     request_id: str
@@ -106,6 +121,8 @@ class Generation:
     started: float
     deployment: str = LOCAL_DEPLOYMENT
     region: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    """The calls the model made (set once ``collect`` returns)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -128,7 +145,7 @@ class Generation:
         )
 
     async def collect(self) -> tuple[str, Finished]:
-        """Run to the end; the whole text and how it finished."""
+        """Run to the end; the whole text and how it finished (calls: ``tool_calls``)."""
         text: list[str] = []
         done: Finished | None = None
         status: Status = "cancelled"  # unless it completes or fails below
@@ -136,6 +153,8 @@ class Generation:
             async for ev in self.events:
                 if isinstance(ev, TextDelta):
                     text.append(ev.text)
+                elif isinstance(ev, ToolCalls):
+                    self.tool_calls = ev.calls
                 else:
                     done = ev
             status = "ok"
@@ -154,10 +173,11 @@ class Generation:
         first: bytes | None,
         on_text: Callable[[str], bytes],
         on_finish: Callable[[Finished], Iterable[bytes]],
+        on_tool_calls: Callable[[list[ToolCall]], Iterable[bytes]] | None = None,
     ) -> AsyncIterator[bytes]:
-        """Server-sent events: ``first`` (if any), one event per text delta, the finish
-        events, then ``data: [DONE]``. A failure after the headers went out is reported
-        in-band in ``dialect``'s error shape, never as a trace."""
+        """Server-sent events: ``first`` (if any), one event per text delta, the tool-call
+        events, the finish events, then ``data: [DONE]``. A failure after the headers went
+        out is reported in-band in ``dialect``'s error shape, never as a trace."""
         status: Status = "cancelled"  # a client that leaves mid-stream ends here
         if first is not None:
             yield first
@@ -166,6 +186,10 @@ class Generation:
                 async for ev in self.events:
                     if isinstance(ev, TextDelta):
                         yield on_text(ev.text)
+                    elif isinstance(ev, ToolCalls):
+                        self.tool_calls = ev.calls
+                        for event in on_tool_calls(ev.calls) if on_tool_calls else ():
+                            yield event
                     else:
                         for event in on_finish(ev):
                             yield event
@@ -187,9 +211,11 @@ async def start_generation(
     stop: Sequence[str],
     max_tokens: int | None,
     deployment: Deployment | None = None,
+    plan: OutputPlan | None = None,
 ) -> Generation:
     """Admit the request (429/400 from limits) and set up its generation; nothing runs
-    until the result is collected or streamed."""
+    until the result is collected or streamed. ``plan`` (response format, tools) gives
+    the run its grammar constraint and output parser."""
     try:
         service.check_capacity(len(prompt_ids))
     except EngineOverloaded as exc:
@@ -208,6 +234,8 @@ async def start_generation(
             stats,
             cache_salt=principal.workspace_id,
             prefix_cache=not principal.zero_retention,
+            constraint=plan.constraint() if plan is not None else None,
+            parser=plan.parser() if plan is not None else None,
         ),
         stats=stats,
         admission=admission,

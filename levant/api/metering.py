@@ -6,6 +6,7 @@ Carries counts and ids only: no prompt or completion text ever reaches it.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import Literal
 
 from levant.access.principal import Principal
@@ -16,6 +17,11 @@ from levant.serving.service import GenerationStats
 Status = Literal["ok", "cancelled", "error"]
 
 LOCAL_DEPLOYMENT = "local"
+
+USAGE_TAG: ContextVar[str | None] = ContextVar("levant_usage_tag", default=None)
+"""Set by an in-process caller (the batch runner) around one request: the request's usage
+row gets ``<tag>.<request id>`` as its request id, so batch lines are told apart in
+the usage table (and a line's rows found by its tag)."""
 
 
 def record_usage(
@@ -32,6 +38,9 @@ def record_usage(
     region: str | None = None,
 ) -> None:
     """Meter what was produced; a cancelled stream is billed for the tokens it got."""
+    tag = USAGE_TAG.get()
+    if tag is not None:
+        request_id = f"{tag}.{request_id}"
     state.usage.submit(
         UsageRecord(
             request_id=request_id,

@@ -7,11 +7,15 @@ text, HTTP, API keys or wire formats.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from levant.engine.constraints import LogitsConstraint
 
 FinishReason = Literal["stop", "length", "model_length", "abort"]
-"""stop: an end-of-sequence token; length: max_tokens reached;
-model_length: the context window is full; abort: cancelled by the caller."""
+"""stop: an end-of-sequence token, or the request's constraint is complete;
+length: max_tokens reached; model_length: the context window is full; abort:
+cancelled by the caller."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class EngineRequest:
     prefix_cache: bool = True
     """False (zero retention): the request neither reads nor fills the prefix cache, so
     nothing derived from its text is findable once it has finished."""
+    constraint: LogitsConstraint | None = None
+    """Per-request grammar state (opaque): it masks each sampled row and ends the request
+    with reason ``stop`` once complete. Mutable, owned by the engine while it runs."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 The scheduler's single notion of progress is ``num_computed_tokens`` (tokens whose
 keys/values are in the cache) catching up with ``num_tokens`` (prompt + output so far).
-A preempted request drops back to zero computed tokens and keeps its output.
+A preempted request drops back to zero computed tokens and keeps its output; its
+constraint (if any) has consumed exactly that output, so recomputing the same tokens
+leaves it where it is: it is advanced only by ``append_output``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class Request:
         self.at_model_limit = at_model_limit  # reaching max_new_tokens is "model_length"
         self.extra_keys = extra_keys
         self.prefix_cache = request.prefix_cache
+        self.constraint = request.constraint
         self.block_hashes: list[BlockHash] = []  # of full blocks of all_token_ids
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
@@ -78,6 +81,8 @@ class Request:
     def append_output(self, token: int) -> None:
         self.output_token_ids.append(token)
         self.all_token_ids.append(token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
 
     def check_stop(self) -> FinishReason | None:
         """Why the request ends after its latest token, if it does."""
@@ -85,6 +90,8 @@ class Request:
         last = self.output_token_ids[-1] if self.output_token_ids else None
         if last in params.stop_token_ids and not params.ignore_eos:
             return "stop"
+        if self.constraint is not None and self.constraint.is_done():
+            return "stop"  # the grammar is complete: nothing may follow
         if self.num_output_tokens >= self.max_new_tokens:
             return "model_length" if self.at_model_limit else "length"
         return None

@@ -1,7 +1,8 @@
 """Turn the last position's logits into the next token: greedy, temperature, top-k, top-p.
 
 Seeded per request: the same seed and the same logits give the same token on
-every run, whatever else the process is doing.
+every run, whatever else the process is doing. Rows of requests that carry a
+``LogitsConstraint`` are masked first, in the same batch as unconstrained rows.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from levant.engine.constraints import LogitsConstraint, apply_constraints
 from levant.engine.protocol import SamplingParams
 
 if TYPE_CHECKING:
@@ -65,15 +67,31 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
 
 def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]:
     """One token per row of (R, vocab) float32 logits; row i reads only requests[i]'s
-    parameters, output so far and generator, so a token never depends on its batch."""
+    parameters, output so far, constraint and generator, so a token never depends on its
+    batch."""
+    rows: list[int] = []
+    constraints: list[LogitsConstraint] = []
+    suppress: list[frozenset[int]] = []
     for i, request in enumerate(requests):
         params = request.sampling
         if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
             ids = torch.tensor(request.output_token_ids, dtype=torch.long, device=logits.device)
             counts = torch.bincount(ids, minlength=logits.shape[-1]).float()  # (vocab,)
             logits[i] = apply_penalties(logits[i], counts, params)
-        if request.num_output_tokens < params.min_tokens and params.stop_token_ids:
+        early = request.num_output_tokens < params.min_tokens
+        if request.constraint is not None:  # min_tokens yields to a complete grammar
+            rows.append(i)
+            constraints.append(request.constraint)
+            suppress.append(params.stop_token_ids if early else frozenset())
+        elif early and params.stop_token_ids:
             logits[i, list(params.stop_token_ids)] = float("-inf")
+    apply_constraints(
+        logits,
+        rows,
+        constraints,
+        suppress=suppress,
+        fallback=[requests[i].sampling.stop_token_ids for i in rows],
+    )
     if all(r.sampling.temperature <= 0.0 for r in requests):
         return [int(t) for t in logits.argmax(dim=-1).tolist()]  # all greedy: one call
     return [sample(logits[i], r.sampling, r.generator) for i, r in enumerate(requests)]

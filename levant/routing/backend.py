@@ -65,7 +65,7 @@ async def primed(deployment: Deployment, events: AsyncIterator[E]) -> PrimedStre
 
 
 class UpstreamPool:
-    """One ``UpstreamClient`` per upstream deployment, and attempts that use them.
+    """One ``UpstreamClient`` per remote deployment (upstream or Ray), and attempts using them.
 
     Attempts also check what a Levant upstream reports about itself: a
     ``levant-region`` outside the policy is refused before anything is passed on.
@@ -79,11 +79,7 @@ class UpstreamPool:
         cls, deployments: list[Deployment] | tuple[Deployment, ...], keys: Mapping[str, str | None]
     ) -> UpstreamPool:
         return cls(
-            {
-                d.name: UpstreamClient(d, api_key=keys.get(d.name))
-                for d in deployments
-                if d.backend == "upstream"
-            }
+            {d.name: UpstreamClient(d, api_key=keys.get(d.name)) for d in deployments if d.remote}
         )
 
     async def aclose(self) -> None:

@@ -22,6 +22,14 @@ region = "us-east"                # required for every non-local deployment
 [deployments.upstream]
 url = "https://us.example.net"
 api_key_env = "LEVANT_US_KEY"
+
+[[deployments]]
+name = "smollm2-ray"
+model = "smollm2-135m-instruct"
+backend = "ray"                   # engine replicas on Ray Serve (levant deploy ray)
+region = "eu-west-paris"
+[deployments.upstream]
+url = "http://10.0.0.5:8100"      # Serve's HTTP proxy, reached like an upstream
 ```
 
 Every error names the file and the entry. Nothing here reads the environment:

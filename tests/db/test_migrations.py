@@ -26,6 +26,9 @@ TABLES = {
     "web_sessions",
     "conversations",
     "conversation_messages",
+    "files",
+    "batch_jobs",
+    "batch_results",
 }
 
 

@@ -267,6 +267,7 @@ def test_console_keys_and_usage_chart(page: Any, web_server: LiveServer) -> None
         page.locator(f'#catalogue-table a[href="/v1/models/{DEFAULT_MODEL}/weights"]').count() == 1
     )
     assert "No limits configured" in page.text_content("#policy-body")
+    assert "admin" in (page.text_content("#members-table tbody") or "")
 
     page.fill("#key-name", "e2e-key")
     page.click("#create-key button[type=submit]")

@@ -2,8 +2,9 @@
 
 Rows in ``workspace_limits`` are read through a short TTL cache so the request
 path does not query the database every time; an admin change applies within
-``ttl_s``. The most specific row wins: (key, model) > (key, *) > (*, model) > (*, *),
-then the configured defaults.
+``ttl_s``, or at once in the process that made it (``WorkspaceLimits.invalidate``,
+which the console API calls after its commit). The most specific row wins:
+(key, model) > (key, *) > (*, model) > (*, *), then the configured defaults.
 """
 
 from __future__ import annotations
@@ -80,6 +81,25 @@ def set_limit(
     )
 
 
+def delete_limit(
+    session: Session, workspace_id: str, *, actor: str, key_id: str = ANY, model: str = ANY
+) -> bool:
+    """Delete one limit row, audited; False (nothing audited) if there was none."""
+    row = session.get(WorkspaceLimit, (workspace_id, key_id, model))
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    audit.append(
+        session,
+        action="limit.deleted",
+        actor=actor,
+        target=f"workspace:{workspace_id}",
+        details={"key_id": key_id, "model": model},
+    )
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """The limits one request runs under."""
@@ -105,19 +125,35 @@ class WorkspaceLimits:
         self._ttl = ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, list[LimitRow]]] = {}
+        self._epoch = 0
+        """Bumped by ``invalidate``: a read that began before it is not cached."""
         self._lock = threading.Lock()
 
     def rows(self, workspace_id: str) -> list[LimitRow]:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(workspace_id)
+            epoch = self._epoch
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
         with self._db.reading() as session:
             rows = load_rows(session, workspace_id)
         with self._lock:
-            self._cache[workspace_id] = (now, rows)
+            if self._epoch == epoch:
+                self._cache[workspace_id] = (now, rows)
         return rows
+
+    def invalidate(self, workspace_id: str | None = None) -> None:
+        """Forget cached rows (one workspace's, or all): the next request reads the database.
+
+        Call it after the change has committed. Other processes still wait out ``ttl_s``.
+        """
+        with self._lock:
+            self._epoch += 1
+            if workspace_id is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(workspace_id, None)
 
     def applied(self, workspace_id: str, key_id: str, model: str) -> Applied:
         """Blocking (may read the database): call it from a worker thread."""

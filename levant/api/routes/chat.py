@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from levant.access.principal import Principal
 from levant.api.auth import PrincipalDep
-from levant.api.chat_input import to_chat_messages
+from levant.api.chat_input import output_spec, to_chat_messages
 from levant.api.deps import StateDep
 from levant.api.dialect import Dialect, detect_dialect
 from levant.api.errors import APIError
@@ -20,6 +22,8 @@ from levant.api.schemas.chat import (
     ChatCompletionResponse,
     Choice,
     Delta,
+    ResponseFunctionCall,
+    ResponseToolCall,
     StreamChoice,
     Usage,
 )
@@ -27,8 +31,10 @@ from levant.api.state import AppState
 from levant.api.streaming import sse_event, sse_response
 from levant.api.upstream_chat import UpstreamCall, upstream_error
 from levant.engine.core import ContextLengthExceeded
+from levant.models.tokenizers.protocol import ToolCall
 from levant.routing import Deployment, DeploymentFailure, NoDeploymentInPolicy
-from levant.serving.service import Finished
+from levant.serving.service import Finished, ModelService
+from levant.structured.output import GrammarError, OutputPlan
 
 router = APIRouter()
 
@@ -36,6 +42,27 @@ router = APIRouter()
 def _finish_reason(reason: str, dialect: Dialect) -> str:
     # OpenAI has no model_length: its clients know the same condition as "length".
     return "length" if reason == "model_length" and dialect == "openai" else reason
+
+
+def _wire_calls(calls: list[ToolCall]) -> list[ResponseToolCall]:
+    return [
+        ResponseToolCall(
+            id=c.id, function=ResponseFunctionCall(name=c.name, arguments=c.arguments), index=i
+        )
+        for i, c in enumerate(calls)
+    ]
+
+
+async def _plan(body: ChatCompletionRequest, service: ModelService) -> OutputPlan | None:
+    """The request's response format and tools, compiled (off the event loop); 400 if
+    they cannot be enforced."""
+    spec = output_spec(body)
+    if spec is None:
+        return None
+    try:
+        return await asyncio.to_thread(service.structured.plan, spec)
+    except GrammarError as exc:
+        raise APIError(400, str(exc), param=exc.param, code="invalid_value") from exc
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -98,11 +125,22 @@ async def _serve_locally(
             raise DeploymentFailure(deployment.name, exc.message, retryable=True) from exc
         raise
     messages = to_chat_messages(body, service.card)
+    plan = await _plan(body, service)
+    if plan is not None and plan.grammar is not None and messages[-1].prefix:
+        # The grammar describes the whole answer; a prefix would start it half-way.
+        raise APIError(
+            400,
+            "An assistant prefix cannot be combined with response_format or tool calls",
+            param=f"messages[{len(body.messages) - 1}].prefix",
+            code="invalid_value",
+        )
     max_tokens = body.effective_max_tokens
     try:
-        prompt_ids = service.prepare(messages, max_tokens)
+        prompt_ids = service.prepare(messages, max_tokens, plan)
     except ContextLengthExceeded as exc:
         raise context_length_error(exc, with_max_tokens=bool(max_tokens), param="messages") from exc
+    except ValueError as exc:  # the model's chat format cannot express this conversation
+        raise APIError(400, str(exc), param="messages", code="invalid_value") from exc
     sampling = service.sampling(
         temperature=body.temperature,
         top_p=body.top_p,
@@ -116,11 +154,23 @@ async def _serve_locally(
     prefix = messages[-1].content if messages[-1].prefix else ""
     model_name = body.model
     run = await start_generation(
-        state, principal, service, prompt_ids, sampling, body.stop_list, max_tokens, deployment
+        state,
+        principal,
+        service,
+        prompt_ids,
+        sampling,
+        body.stop_list,
+        max_tokens,
+        deployment,
+        plan,
     )
 
     if not body.stream:
         text, done = await run.collect()
+        calls = run.tool_calls
+        content: str | None = prefix + text
+        if calls and not content and dialect == "openai":
+            content = None  # OpenAI: a message that only calls tools has null content
         response = ChatCompletionResponse(
             id=run.request_id,
             created=run.created,
@@ -128,7 +178,9 @@ async def _serve_locally(
             choices=[
                 Choice(
                     index=0,
-                    message=AssistantMessage(content=prefix + text),
+                    message=AssistantMessage(
+                        content=content, tool_calls=_wire_calls(calls) if calls else None
+                    ),
                     finish_reason=_finish_reason(done.finish_reason, dialect),
                 )
             ],
@@ -160,10 +212,19 @@ async def _serve_locally(
             events.append(sse_event(chunk_wire(final)))
         return events
 
+    def tool_calls(calls: list[ToolCall]) -> list[bytes]:
+        # Mistral sends every call whole in one delta; OpenAI clients merge index-keyed
+        # deltas, so each call comes whole in its own.
+        wire = _wire_calls(calls)
+        if dialect == "openai":
+            return [chunk(Delta(tool_calls=[call])) for call in wire]
+        return [chunk(Delta(content="", tool_calls=wire))]
+
     events = run.sse(
         dialect,
         first=chunk(Delta(role="assistant", content=prefix)),
         on_text=lambda text: chunk(Delta(content=text)),
         on_finish=finish,
+        on_tool_calls=tool_calls,
     )
     return sse_response(events, headers=run.headers)

@@ -50,9 +50,47 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the same shape in Mistral's and OpenAI's APIs."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``{"type": "function", "function": {"name": ...}}``: call this function."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"] = "function"
+    function: FunctionName
 
 
 class ChatCompletionRequest(BaseModel):
@@ -77,8 +115,8 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(default=None, ge=1)
     safe_prompt: bool = False
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["auto", "none", "any", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     # Accepted for compatibility; they do not change generation.
     metadata: dict[str, Any] | None = None
@@ -107,13 +145,6 @@ class ChatCompletionRequest(BaseModel):
             and self.min_tokens > self.effective_max_tokens
         ):
             raise ValueError("min_tokens must not exceed max_tokens")
-        if isinstance(self.tool_choice, str) and self.tool_choice not in (
-            "auto",
-            "none",
-            "any",
-            "required",
-        ):
-            raise ValueError("tool_choice must be auto, none, any, required or a function")
         return self
 
     @property
@@ -151,10 +182,23 @@ class Usage(BaseModel):
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
 
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str
+    """JSON text, as both dialects return it."""
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunctionCall
+    index: int = 0
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
-    tool_calls: list[ToolCall] | None = None
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class Choice(BaseModel):
@@ -175,6 +219,7 @@ class ChatCompletionResponse(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ResponseToolCall] | None = None
 
 
 class StreamChoice(BaseModel):

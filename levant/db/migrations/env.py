@@ -10,6 +10,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 import levant.db.conversation_tables  # noqa: F401  (registers the chat app's tables)
+from levant.db import file_tables  # noqa: F401  (registers the files and batch tables)
 from levant.db.engine import make_engine
 from levant.db.tables import Base
 

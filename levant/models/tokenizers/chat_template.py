@@ -118,14 +118,31 @@ def message_to_dict(message: ChatMessage) -> dict[str, Any]:
     """The message as a template sees it: unset fields are absent, like transformers does.
 
     ``prefix`` is not passed: continuing a message is done by cutting the
-    rendered text (see ``ChatTemplate.render_chat``), not by the template.
+    rendered text (see ``ChatTemplate.render_chat``), not by the template. Tool calls
+    take transformers' shape, arguments as a mapping (templates ``tojson`` them).
     """
     out: dict[str, Any] = {"role": message.role, "content": message.content}
     if message.name is not None:
         out["name"] = message.name
     if message.tool_call_id is not None:
         out["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": _arguments(call.arguments)},
+            }
+            for call in message.tool_calls
+        ]
     return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class ChatTemplate:
@@ -180,6 +197,11 @@ class ChatTemplate:
             return rendered[:cut]
         # The template trimmed the trailing space of the tag, so trim ours too.
         return rendered[:cut].rstrip()
+
+    @property
+    def renders_tools(self) -> bool:
+        """Whether the template reads the ``tools`` variable (transformers' heuristic)."""
+        return "tools" in self.source
 
     def text_after_assistant(self) -> str | None:
         """Text the template writes right after an assistant message's content.

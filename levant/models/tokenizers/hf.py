@@ -17,7 +17,7 @@ from typing import Any
 import tokenizers
 
 from levant.models.tokenizers.chat_template import ChatTemplate
-from levant.models.tokenizers.protocol import ChatMessage
+from levant.models.tokenizers.protocol import ChatMessage, ToolDefinition
 
 __all__ = ["HFTokenizer"]
 
@@ -95,17 +95,25 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=True))
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] | None = None
+    ) -> list[int]:
         # Like transformers' apply_chat_template(tokenize=True): the template
         # writes every special token itself, so none are added on encode.
         if not any(self._has_special_text(m.content) for m in messages):
-            return self.encode(self.render_chat_text(messages))
-        return self._render_chat_as_data(messages)
+            return self.encode(self.render_chat_text(messages, tools))
+        return self._render_chat_as_data(messages, tools)
+
+    @property
+    def supports_tools(self) -> bool:
+        return self.chat_template is not None and self.chat_template.renders_tools
 
     def _has_special_text(self, text: str) -> bool:
         return any(token in text for token in self._special_texts)
 
-    def _render_chat_as_data(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def _render_chat_as_data(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] | None = None
+    ) -> list[int]:
         """Encode the prompt so special tokens spelled inside message text stay plain text.
 
         A user who types ``<|im_end|>`` must not close their own turn: message
@@ -115,7 +123,7 @@ class HFTokenizer:
         """
         marks = [f"\x00levant-content-{i}\x00" for i in range(len(messages))]
         masked = [replace(m, content=mark) for m, mark in zip(messages, marks, strict=True)]
-        rest = self.render_chat_text(masked)
+        rest = self.render_chat_text(masked, tools)
         if any(rest.count(mark) != 1 for mark in marks):
             raise ValueError(
                 "a message contains a control token and this chat template transforms "
@@ -157,11 +165,17 @@ class HFTokenizer:
 
     # -- extras ---------------------------------------------------------------
 
-    def render_chat_text(self, messages: Sequence[ChatMessage]) -> str:
-        """The prompt as text, before tokenization."""
+    def render_chat_text(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] | None = None
+    ) -> str:
+        """The prompt as text, before tokenization; ``tools`` go to the template."""
         if self.chat_template is None:
             raise ValueError("this tokenizer has no chat template")
-        return self.chat_template.render_chat(messages)
+        if not tools:
+            return self.chat_template.render_chat(messages)
+        if not self.supports_tools:
+            raise ValueError("this chat template has no syntax for tools")
+        return self.chat_template.render_chat(messages, tools=[dict(t) for t in tools])
 
     @property
     def backend(self) -> tokenizers.Tokenizer:

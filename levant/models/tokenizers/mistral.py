@@ -20,10 +20,12 @@ from mistral_common.protocol.instruct.messages import (
     UserMessage,
 )
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
+from mistral_common.protocol.instruct.tool_calls import Function, FunctionCall, Tool
+from mistral_common.protocol.instruct.tool_calls import ToolCall as _MistralToolCall
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer as _MistralCommonTokenizer
 
-from levant.models.tokenizers.protocol import ChatMessage
+from levant.models.tokenizers.protocol import ChatMessage, ToolDefinition
 
 __all__ = ["MistralTokenizer"]
 
@@ -69,13 +71,36 @@ class MistralTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.inner.decode(list(ids), special_token_policy=SpecialTokenPolicy.IGNORE))
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        request = ChatCompletionRequest(messages=[_to_mistral(m) for m in messages])
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] | None = None
+    ) -> list[int]:
         try:
+            request = ChatCompletionRequest(
+                messages=[_to_mistral(m) for m in messages],
+                tools=[_to_tool(t) for t in tools] if tools else None,
+            )
             tokens = self.inner.encode_chat_completion(request).tokens
-        except MistralCommonException as exc:
+        except (MistralCommonException, ValueError, AssertionError) as exc:
             raise ValueError(f"mistral-common rejected the conversation: {exc}") from exc
         return [int(i) for i in tokens]
+
+    @property
+    def supports_tools(self) -> bool:
+        """v1 has no tool tokens; every later version encodes tools, calls and results."""
+        return self.tool_calls_id is not None
+
+    @property
+    def tool_calls_id(self) -> int | None:
+        """The ``[TOOL_CALLS]`` control token that opens the model's tool calls."""
+        return self.control_id("[TOOL_CALLS]")
+
+    def control_id(self, piece: str) -> int | None:
+        """The id of a control token such as ``[ARGS]``, if this tokenizer has it."""
+        try:
+            found = int(self._raw.get_special_token(piece))
+        except (KeyError, ValueError, AssertionError, MistralCommonException):
+            return None
+        return None if found == self._raw.unk_id else found
 
     # -- extras ---------------------------------------------------------------
 
@@ -103,13 +128,32 @@ class MistralTokenizer:
         return [int(i) for i in tokens]
 
 
+def _to_tool(tool: ToolDefinition) -> Tool:
+    function = tool["function"]
+    return Tool(
+        function=Function(
+            name=function["name"],
+            description=function.get("description") or "",
+            parameters=function.get("parameters") or {},
+        )
+    )
+
+
 def _to_mistral(message: ChatMessage) -> _MistralMessage:
     if message.role == "system":
         return SystemMessage(content=message.content)
     if message.role == "user":
         return UserMessage(content=message.content)
     if message.role == "assistant":
-        return AssistantMessage(content=message.content, prefix=message.prefix)
+        calls = [
+            _MistralToolCall(
+                id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments)
+            )
+            for call in message.tool_calls
+        ]
+        return AssistantMessage(
+            content=message.content or None, tool_calls=calls or None, prefix=message.prefix
+        )
     return ToolMessage(
         content=message.content, tool_call_id=message.tool_call_id, name=message.name
     )

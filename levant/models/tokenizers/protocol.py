@@ -6,11 +6,21 @@ does the work (HF ``tokenizers``, ``mistral-common``) is the loader's business.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call an assistant message made (or a model just produced)."""
+
+    id: str
+    name: str
+    arguments: str
+    """The arguments as JSON text (an object)."""
 
 
 @dataclass(frozen=True)
@@ -20,7 +30,15 @@ class ChatMessage:
     prefix: bool = False
     """Mistral's assistant prefix: the last assistant message is continued, not closed."""
     name: str | None = None
+    """For a tool message: the function whose result it carries."""
     tool_call_id: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    """For an assistant message: the calls it made."""
+
+
+ToolDefinition = Mapping[str, Any]
+"""A tool as chat templates and mistral-common take it:
+``{"type": "function", "function": {"name", "description", "parameters"}}``."""
 
 
 class Tokenizer(Protocol):
@@ -41,11 +59,20 @@ class Tokenizer(Protocol):
         """Text of ``ids``; special tokens are skipped."""
         ...
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def render_chat(
+        self, messages: Sequence[ChatMessage], tools: Sequence[ToolDefinition] | None = None
+    ) -> list[int]:
         """Prompt ids for a conversation, ready for the model to answer.
 
         If the last message is an assistant message with ``prefix=True`` the
         prompt ends inside that message so the model continues it; otherwise it
-        ends with the generation prompt for a new assistant turn.
+        ends with the generation prompt for a new assistant turn. ``tools`` are
+        rendered in the model's own syntax; a tokenizer without one refuses them
+        (``ValueError``): see ``supports_tools``.
         """
+        ...
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether ``render_chat`` renders tools, tool calls and tool results natively."""
         ...

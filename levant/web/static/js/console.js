@@ -1,7 +1,7 @@
-// The console: API keys, usage (chart, table, CSV), limits and policy, the catalogue.
+// The console: API keys, usage (chart, table, CSV), limits and policy, members, the catalogue.
 // Reads the public /v1/usage and /v1/models routes plus /api/console; writes keys only.
 
-import { api, me, signOut } from "./api.js";
+import { api, ApiError, me, signOut } from "./api.js";
 import { barChart, PALETTE } from "./chart.js";
 import { $, clear, copyButton, formatDate, h } from "./dom.js";
 import { setupThemeToggle, showSignIn } from "./signin.js";
@@ -42,7 +42,7 @@ async function boot() {
     clearTimeout(resizeTimer);
     resizeTimer = setTimeout(loadUsage, 300); // redraw the chart at its new width
   });
-  await Promise.all([loadKeys(), loadUsage(), loadPolicy(), loadCatalogue()]);
+  await Promise.all([loadKeys(), loadUsage(), loadPolicy(), loadMembers(), loadCatalogue()]);
   document.body.dataset.ready = "true";
 }
 
@@ -211,7 +211,32 @@ async function loadPolicy() {
     p.grants.length
       ? h("ul", {}, p.grants.map((g) => h("li", {}, h("code", {}, g))))
       : h("p", {}, "No commercial-track models granted; open models need no grant."),
-    h("p", { class: "muted small" }, "Limits and grants are changed with the levant limits and levant grants commands."),
+    h("p", { class: "muted small" }, "Admins change limits, grants and residency with the levant limits, grants and residency commands, or through /api/console/workspaces."),
+  );
+}
+
+// ---- members -----------------------------------------------------------------------------
+
+async function loadMembers() {
+  const note = $("#members-note");
+  let data = [];
+  try {
+    ({ data } = await api(`/api/console/workspaces/${encodeURIComponent(identity.workspace.id)}/members`));
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 403) throw err;
+    note.textContent = "Sign in as a member of this workspace to see who else is in it.";
+    note.hidden = false;
+  }
+  clear($("#members-table tbody")).append(
+    ...data.map((m) =>
+      h(
+        "tr",
+        { dataset: { userId: m.user_id } },
+        h("td", {}, m.email),
+        h("td", {}, h("span", { class: "badge" }, m.role)),
+        h("td", {}, formatDate(m.created_at)),
+      ),
+    ),
   );
 }
 
