@@ -8,6 +8,7 @@ the end, and given back as content if it turns out not to be calls after all.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from levant.models.tokenizers.protocol import ToolCall
@@ -16,7 +17,7 @@ from levant.structured.syntax import ParsedOutput
 __all__ = ["LeadingCallsParser"]
 
 
-class LeadingCallsParser:
+class LeadingCallsParser(ABC):
     """Implements ``OutputParser``; subclasses say what opens calls and how to read them."""
 
     opener = "{"
@@ -27,9 +28,9 @@ class LeadingCallsParser:
         self._mode = "held" if calls_only else "undecided"
         self._held: list[str] = []
 
+    @abstractmethod
     def extract(self, text: str) -> list[ToolCall] | None:
         """The calls in ``text``, or None when it is not calls (then it is content)."""
-        raise NotImplementedError
 
     def push(self, token_ids: Sequence[int], text: str) -> str:
         if self._mode == "text":
