@@ -1,6 +1,7 @@
 """Attention over a paged KV cache, for a flattened batch of sequences in one forward pass.
 
-Keys and values live in fixed-size blocks of slots (slot = block * block_size + offset);
+Keys and values live together, one tensor per layer (the keys' heads, then the values'),
+in fixed-size blocks of slots (slot = block * block_size + offset);
 which blocks belong to which sequence (its block table) is the engine's business. This
 module writes each new token's key/value at the slot it is given and attends each
 sequence over its own slots, honouring causality and the sliding window.
@@ -22,8 +23,7 @@ from levant.models.config import ModelConfig
 
 @dataclass
 class PagedKVCache:
-    keys: list[torch.Tensor]  # n_layers x (num_blocks * block_size, n_kv_heads, head_dim)
-    values: list[torch.Tensor]  # n_layers x (num_blocks * block_size, n_kv_heads, head_dim)
+    kv: list[torch.Tensor]  # n_layers x (num_blocks * block_size, 2 * n_kv_heads, head_dim)
     block_size: int
 
     @staticmethod
@@ -41,16 +41,15 @@ class PagedKVCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> PagedKVCache:
-        shape = (num_blocks * block_size, config.n_kv_heads, config.head_dim)
+        shape = (num_blocks * block_size, 2 * config.n_kv_heads, config.head_dim)
         return cls(
-            keys=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
-            values=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+            kv=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
             block_size=block_size,
         )
 
     @property
     def num_blocks(self) -> int:
-        return self.keys[0].shape[0] // self.block_size
+        return self.kv[0].shape[0] // self.block_size
 
 
 @dataclass(frozen=True)
@@ -137,41 +136,31 @@ class PagedAttention:
     slot_mapping: torch.Tensor  # (N,) where each new token's key/value is written
     groups: list[AttentionGroup]
 
-    def __call__(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> torch.Tensor:
-        q, k, v = q[0], k[0], v[0]  # (N, heads, head_dim)
-        k_cache, v_cache = self.cache.keys[layer], self.cache.values[layer]
-        k_cache.index_copy_(0, self.slot_mapping, k)
-        v_cache.index_copy_(0, self.slot_mapping, v)
+    def __call__(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        q, kv = q[0], kv[0]  # (N, n_heads, head_dim), (N, 2 * n_kv_heads, head_dim)
+        kv_cache = self.cache.kv[layer]
+        kv_cache.index_copy_(0, self.slot_mapping, kv)
         if len(self.groups) == 1:  # all decodes, or one prefill: rows are 0..N-1 in order
-            return self._attend(self.groups[0], q, k, v, k_cache, v_cache)[None]
+            return self._attend(self.groups[0], q, kv, kv_cache)[None]
         out = torch.empty_like(q)  # (N, n_heads, head_dim)
         for group in self.groups:
-            out[group.rows] = self._attend(group, q, k, v, k_cache, v_cache)
+            out[group.rows] = self._attend(group, q, kv, kv_cache)
         return out[None]  # (1, N, n_heads, head_dim)
 
     def _attend(
-        self,
-        group: AttentionGroup,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
+        self, group: AttentionGroup, q: torch.Tensor, kv: torch.Tensor, kv_cache: torch.Tensor
     ) -> torch.Tensor:
         """This group's queries (R * Q, n_heads, hd) -> their outputs, the same shape."""
-        R, (_, n_heads, hd), n_kv_heads = group.num_seqs, q.shape, k.shape[1]
+        R, (_, n_heads, hd), n_kv_heads = group.num_seqs, q.shape, kv.shape[1] // 2
         qg = q[group.rows].view(R, -1, n_heads, hd)  # (R, Q, n_heads, hd)
         if group.kv_blocks is None:
-            kg = k[group.rows].view(R, -1, n_kv_heads, hd)  # (R, Q, n_kv_heads, hd)
-            vg = v[group.rows].view(R, -1, n_kv_heads, hd)
+            kvg = kv[group.rows].view(R, -1, 2 * n_kv_heads, hd)  # (R, Q, 2 * n_kv_heads, hd)
         else:
             # Whole blocks are contiguous: index_select copies them at memcpy speed.
             bs = self.cache.block_size
-            kg = k_cache.view(-1, bs, n_kv_heads, hd).index_select(0, group.kv_blocks)
-            vg = v_cache.view(-1, bs, n_kv_heads, hd).index_select(0, group.kv_blocks)
-            kg, vg = kg.view(R, -1, n_kv_heads, hd), vg.view(R, -1, n_kv_heads, hd)  # (R, L, ...)
+            kvg = kv_cache.view(-1, bs, 2 * n_kv_heads, hd).index_select(0, group.kv_blocks)
+            kvg = kvg.view(R, -1, 2 * n_kv_heads, hd)  # (R, L, 2 * n_kv_heads, hd)
+        kg, vg = kvg[:, :, :n_kv_heads], kvg[:, :, n_kv_heads:]
         qg, kg, vg = (t.transpose(1, 2) for t in (qg, kg, vg))  # (R, heads, Q or L, hd)
         out = F.scaled_dot_product_attention(
             qg,

@@ -6,6 +6,10 @@ Where keys and values live, and who may attend to whom, is an ``AttentionBackend
 ``CausalAttention`` over the contiguous ``KVCache`` below, or the engine's paged
 cache (``levant.models.paged_attention``), which the model never sees directly.
 
+``build_model`` fuses the q/k/v projections into one ``wqkv`` and the gate/up
+projections into one ``w13`` after loading (one matmul instead of three, or two):
+the checkpoint names stay Mistral's, the arithmetic per output is unchanged.
+
 Parameter names are Mistral's consolidated names (``tok_embeddings``,
 ``layers.{i}.attention.wq``, ``feed_forward.w1`` ...). Rotary layout: the
 Meta / Mistral-consolidated *interleaved pairs* layout, i.e. within each head the
@@ -122,10 +126,9 @@ def attention_mask(
 class AttentionBackend(Protocol):
     """Stores this step's keys/values and attends: the model projects and rotates, nothing more."""
 
-    def __call__(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> torch.Tensor:
-        """q (B, T, n_heads, hd), k/v (B, T, n_kv_heads, hd) -> (B, T, n_heads, hd)."""
+    def __call__(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """q (B, T, n_heads, hd), kv (B, T, 2 * n_kv_heads, hd): the keys' heads, then the
+        values' -> (B, T, n_heads, hd)."""
         ...
 
 
@@ -141,9 +144,8 @@ class CausalAttention:
     start_pos: int
     mask: torch.Tensor | None  # (T, start_pos + T) from attention_mask(), None: plain causal
 
-    def __call__(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
-    ) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        k, v = kv.chunk(2, dim=2)  # (B, T, n_kv_heads, head_dim) each
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         if self.cache is not None:  # k, v become (B, n_kv_heads, start_pos + T, head_dim)
             k, v = self.cache.update(layer, self.start_pos, k, v)
@@ -162,13 +164,28 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused kernel, the same arithmetic
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in float32 whatever the model dtype, then scale in the model dtype.
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * normed.type_as(x)
 
 
+def _fuse(linears: list[nn.Module]) -> nn.Linear:
+    """One bias-free linear whose output rows are the given linears' rows, in order."""
+    weight = torch.cat([m.weight for m in linears])  # type: ignore[misc]
+    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    fused.weight = nn.Parameter(weight, requires_grad=False)
+    return fused
+
+
 class Attention(nn.Module):
+    wq: nn.Module
+    wk: nn.Module
+    wv: nn.Module
+    wqkv: nn.Module | None
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
@@ -178,6 +195,21 @@ class Attention(nn.Module):
         self.wk = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wv = nn.Linear(config.dim, config.n_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.wqkv = None
+
+    def fuse(self) -> None:
+        """Replace wq, wk, wv by one ``wqkv`` (rows: queries, keys, values)."""
+        self.wqkv = _fuse([self.wq, self.wk, self.wv])
+        del self.wq, self.wk, self.wv
+
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, dim) -> (B, T, n_heads + 2 * n_kv_heads, head_dim): queries, keys, values."""
+        B, T, _ = x.shape
+        if self.wqkv is not None:
+            out: torch.Tensor = self.wqkv(x)
+        else:
+            out = torch.cat([self.wq(x), self.wk(x), self.wv(x)], dim=-1)
+        return out.view(B, T, -1, self.head_dim)
 
     def forward(
         self,
@@ -187,12 +219,12 @@ class Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, dim)
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q = apply_rotary_emb(q, freqs_cis)
-        k = apply_rotary_emb(k, freqs_cis)
-        out = attend(layer, q, k, v)  # (B, T, n_heads, head_dim)
+        qkv = self.qkv(x)
+        # Queries and keys are rotated together (one complex multiply), in place.
+        qk = qkv[:, :, : self.n_heads + self.n_kv_heads]
+        qk.copy_(apply_rotary_emb(qk, freqs_cis))
+        q, kv = qkv[:, :, : self.n_heads], qkv[:, :, self.n_heads :]
+        out = attend(layer, q, kv)  # (B, T, n_heads, head_dim)
         y: torch.Tensor = self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
         return y  # (B, T, dim)
 
@@ -200,14 +232,28 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x); w1 is the gate, w3 the up projection, w2 the down."""
 
+    w1: nn.Module
+    w3: nn.Module
+    w13: nn.Module | None
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.w1 = nn.Linear(config.dim, config.hidden_dim, bias=False)
         self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)
         self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.w13 = None
+
+    def fuse(self) -> None:
+        """Replace w1 and w3 by one ``w13`` (rows: gate, then up)."""
+        self.w13 = _fuse([self.w1, self.w3])
+        del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if self.w13 is None:
+            gate, up = self.w1(x), self.w3(x)
+        else:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+        y: torch.Tensor = self.w2(F.silu(gate) * up)
         return y
 
 
@@ -304,13 +350,20 @@ def build_model(
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
+    fuse: bool = True,
 ) -> Transformer:
-    """Instantiate without allocating random weights, load ``state_dict`` strictly, eval mode."""
+    """Instantiate without allocating random weights, load ``state_dict`` strictly, eval mode;
+    then fuse the q/k/v and gate/up projections (``fuse=False`` keeps them apart)."""
     device = torch.device(device)
     with torch.device("meta"):
         model = Transformer(config)
     weights = {name: t.to(device=device, dtype=dtype) for name, t in state_dict.items()}
     model.load_state_dict(weights, strict=True, assign=True)
+    if fuse:
+        for block in model.layers:
+            assert isinstance(block, TransformerBlock)
+            block.attention.fuse()
+            block.feed_forward.fuse()
     model.reset_rope(device)
     model.requires_grad_(False)
     return model.eval()

@@ -62,7 +62,7 @@ def service_bytes(service: Service) -> int:
     if isinstance(service, ModelService):
         model: torch.nn.Module = service.engine.engine.model
         cache = service.engine.engine.kv_cache
-        return _tensor_bytes([*model.parameters(), *model.buffers(), *cache.keys, *cache.values])
+        return _tensor_bytes([*model.parameters(), *model.buffers(), *cache.kv])
     bert = service.encoder.bert
     return _tensor_bytes([*bert.parameters(), *bert.buffers()])
 
