@@ -101,3 +101,20 @@ def test_deleted_file_link_is_404_and_zero_retention_refused(server: LiveServer)
     )
     r = zero.get(f"/v1/files/{uuid.uuid4()}/url")
     assert r.status_code == 403 and r.json()["code"] == "zero_retention"
+
+
+def test_link_stops_working_when_the_workspace_turns_zero_retention(
+    server: LiveServer,  # noqa: F811
+) -> None:
+    from levant.access.policy import set_residency
+
+    key = new_workspace_key(server)
+    client = sdk(server, key)
+    up = client.files.upload(file={"file_name": "z.jsonl", "content": b"{}\n"}, purpose="batch")
+    url = client.files.get_signed_url(file_id=up.id).url
+    assert httpx.get(url).status_code == 200
+    workspace = parse_qs(urlsplit(url).query)["workspace"][0]
+    with server.state.platform.db.writing() as s:
+        set_residency(s, workspace, None, "zero", actor="tests")
+    r = httpx.get(url)
+    assert r.status_code == 403 and r.json()["code"] == "zero_retention"
