@@ -65,15 +65,7 @@ def to_chat_messages(body: ChatCompletionRequest, card: ModelCard) -> list[ChatM
             param="tools",
             code="unsupported_capability",
         )
-    if body.n is not None and body.n > 1:
-        raise APIError(
-            400,
-            "n > 1 is not supported yet; send n separate requests",
-            param="n",
-            code="invalid_value",
-        )
     unsupported = {
-        "logprobs": bool(body.logprobs),
         "prompt_logprobs": bool(body.prompt_logprobs),
         "guardrails": bool(body.guardrails),
         "repetition_penalty": body.repetition_penalty not in (None, 1.0),

@@ -36,6 +36,11 @@ class SamplingParams:
     (per occurrence) from the logits of tokens already generated."""
     stop_token_ids: frozenset[int] = field(default_factory=frozenset)
     ignore_eos: bool = False
+    logprobs: int | None = None
+    """None: no log-probabilities (the sampler does no extra work). k >= 0: each sampled
+    token's log-probability and the k most likely tokens' (``TokenLogprob``), from the
+    model's raw distribution: log-softmax of the logits before penalties, temperature,
+    top-k/top-p, min_tokens and grammar masks (vLLM's default, ``raw_logprobs``)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,16 @@ class EngineRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token's log-probability, and the most likely tokens at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+    """(token id, log-probability), most likely first; ``SamplingParams.logprobs`` of them."""
+
+
+@dataclass(frozen=True)
 class EngineOutput:
     """A delta: the tokens produced since the previous output of this request."""
 
@@ -68,3 +83,5 @@ class EngineOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     """Prompt tokens whose keys/values came from the prefix cache (whole blocks)."""
+    logprobs: list[TokenLogprob] | None = None
+    """One per ``new_token_ids`` when the request asked (``SamplingParams.logprobs``)."""

@@ -14,7 +14,7 @@ import enum
 import torch
 
 from levant.engine.block_hash import BlockHash
-from levant.engine.protocol import EngineRequest, FinishReason, SamplingParams
+from levant.engine.protocol import EngineRequest, FinishReason, SamplingParams, TokenLogprob
 
 
 class RequestStatus(enum.Enum):
@@ -50,6 +50,7 @@ class Request:
         self.num_cached_tokens = -1  # prefix-cache hit of the first scheduling; -1: not yet
         self.num_preemptions = 0
         self.finish_reason: FinishReason | None = None
+        self.sampled_logprob: TokenLogprob | None = None  # set by the sampler when asked
 
         self.arrival_time = arrival_time
         self.deadline = None if request.timeout_s is None else arrival_time + request.timeout_s

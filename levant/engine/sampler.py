@@ -3,6 +3,8 @@
 Seeded per request: the same seed and the same logits give the same token on
 every run, whatever else the process is doing. Rows of requests that carry a
 ``LogitsConstraint`` are masked first, in the same batch as unconstrained rows.
+Requests that ask for log-probabilities (``SamplingParams.logprobs``) get them from a
+copy of their raw rows, taken before penalties and masks; the others cost nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from levant.engine.constraints import LogitsConstraint, apply_constraints
-from levant.engine.protocol import SamplingParams
+from levant.engine.protocol import SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from levant.engine.request import Request
@@ -69,6 +71,8 @@ def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]
     """One token per row of (R, vocab) float32 logits; row i reads only requests[i]'s
     parameters, output so far, constraint and generator, so a token never depends on its
     batch."""
+    wants = [i for i, r in enumerate(requests) if r.sampling.logprobs is not None]
+    raw = logits[wants].clone() if wants else None  # before penalties and masks change rows
     rows: list[int] = []
     constraints: list[LogitsConstraint] = []
     suppress: list[frozenset[int]] = []
@@ -93,5 +97,32 @@ def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]
         fallback=[requests[i].sampling.stop_token_ids for i in rows],
     )
     if all(r.sampling.temperature <= 0.0 for r in requests):
-        return [int(t) for t in logits.argmax(dim=-1).tolist()]  # all greedy: one call
-    return [sample(logits[i], r.sampling, r.generator) for i, r in enumerate(requests)]
+        tokens = [int(t) for t in logits.argmax(dim=-1).tolist()]  # all greedy: one call
+    else:
+        tokens = [sample(logits[i], r.sampling, r.generator) for i, r in enumerate(requests)]
+    if raw is not None:
+        chosen = [tokens[i] for i in wants]
+        ks = [requests[i].sampling.logprobs or 0 for i in wants]
+        for i, lp in zip(wants, token_logprobs(raw, chosen, ks), strict=True):
+            requests[i].sampled_logprob = lp
+    return tokens
+
+
+def token_logprobs(
+    raw: torch.Tensor, tokens: Sequence[int], ks: Sequence[int]
+) -> list[TokenLogprob]:
+    """Row i of (R, vocab) raw logits: log-softmax at ``tokens[i]`` and its ``ks[i]`` most
+    likely tokens (most likely first)."""
+    logp = torch.log_softmax(raw.float(), dim=-1)
+    index = torch.tensor(list(tokens), dtype=torch.long, device=logp.device)[:, None]
+    chosen = logp.gather(1, index)[:, 0].tolist()
+    k_max = min(max(ks), logp.shape[-1])
+    top_values: list[list[float]] = [[] for _ in tokens]
+    top_ids: list[list[int]] = [[] for _ in tokens]
+    if k_max > 0:
+        top = torch.topk(logp, k_max, dim=-1)
+        top_values, top_ids = top.values.tolist(), top.indices.tolist()
+    return [
+        TokenLogprob(int(t), float(c), tuple(zip(top_ids[i][:k], top_values[i][:k], strict=True)))
+        for i, (t, c, k) in enumerate(zip(tokens, chosen, ks, strict=True))
+    ]

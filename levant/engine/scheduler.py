@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from levant.engine.kv_cache_manager import KVCacheManager
-from levant.engine.protocol import EngineOutput, FinishReason
+from levant.engine.protocol import EngineOutput, FinishReason, TokenLogprob
 from levant.engine.request import Request, RequestStatus
 from levant.engine.stats import EngineMetrics
 
@@ -144,7 +144,8 @@ class Scheduler:
             if reason is not None:
                 self.running.remove(request)
                 self._finish(request, reason)
-            outputs.append(_output(request, [token], reason))
+            logprob, request.sampled_logprob = request.sampled_logprob, None
+            outputs.append(_output(request, [token], reason, logprob))
         return outputs
 
     def _scheduled(self, request: Request, n: int) -> ScheduledRequest:
@@ -185,7 +186,12 @@ class Scheduler:
                 self.abort(request.request_id)
 
 
-def _output(request: Request, tokens: list[int], reason: FinishReason | None) -> EngineOutput:
+def _output(
+    request: Request,
+    tokens: list[int],
+    reason: FinishReason | None,
+    logprob: TokenLogprob | None = None,
+) -> EngineOutput:
     return EngineOutput(
         request.request_id,
         tokens,
@@ -193,4 +199,5 @@ def _output(request: Request, tokens: list[int], reason: FinishReason | None) ->
         reason,
         request.num_prompt_tokens,
         max(request.num_cached_tokens, 0),
+        None if logprob is None else [logprob],
     )

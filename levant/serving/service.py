@@ -10,6 +10,7 @@ content and ``ToolCalls``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
@@ -23,6 +24,7 @@ from levant.engine.protocol import EngineRequest, SamplingParams
 from levant.engine.protocol import FinishReason as EngineFinishReason
 from levant.models.tokenizers.protocol import ChatMessage, Tokenizer, ToolCall
 from levant.serving.detokenizer import IncrementalDetokenizer
+from levant.serving.logprobs import TokenLogprobText, TokenTexts
 from levant.serving.stop import StopMatcher
 from levant.structured.grammar import GrammarConstraint
 from levant.structured.output import OutputPlan, StructuredOutputs
@@ -34,6 +36,10 @@ FinishReason = EngineFinishReason | Literal["tool_calls"]
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    logprobs: tuple[TokenLogprobText, ...] = ()
+    """The tokens produced since the previous delta, when the request asked for
+    log-probabilities (``SamplingParams.logprobs``): all of them, including those whose
+    text is still held back (or never shown: a stop string, a tool call)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,7 @@ class ModelService:
         self.timeout_s = timeout_s
         """Per-request deadline handed to the engine (queued or running)."""
         self._structured: StructuredOutputs | None = None
+        self.token_texts = TokenTexts(tokenizer)
 
     @property
     def structured(self) -> StructuredOutputs:
@@ -127,6 +134,7 @@ class ModelService:
         min_tokens: int = 0,
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
+        logprobs: int | None = None,
     ) -> SamplingParams:
         if temperature is None:
             temperature = self.card.default_model_temperature
@@ -140,6 +148,7 @@ class ModelService:
             stop_token_ids=self.tokenizer.eos_ids,
             presence_penalty=presence_penalty,
             frequency_penalty=frequency_penalty,
+            logprobs=logprobs,
         )
 
     async def generate(
@@ -173,6 +182,8 @@ class ModelService:
         matcher = StopMatcher(list(stop))
         stats = stats if stats is not None else GenerationStats()
         stats.prompt_tokens = len(prompt_ids)
+        if sampling.logprobs is not None:
+            await asyncio.to_thread(self.token_texts.warm)
         # aclosing: leaving this loop early (a stop string, a client gone)
         # closes the engine stream, which cancels the request within one step.
         async with aclosing(self.engine.generate(request)) as outputs:
@@ -196,8 +207,9 @@ class ModelService:
                 text = matcher.push(piece)
                 if out.finished and not matcher.stopped:
                     text += matcher.flush()
-                if text:
-                    yield TextDelta(text)
+                logprobs = tuple(self.token_texts.describe(out.logprobs)) if out.logprobs else ()
+                if text or logprobs:
+                    yield TextDelta(text, logprobs)
                 if calls and not matcher.stopped:
                     yield ToolCalls(calls)
                 if matcher.stopped or out.finished:

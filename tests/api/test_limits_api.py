@@ -133,3 +133,26 @@ def test_limits_cli(home: tuple[Path, Path], server: LiveServer) -> None:
     )
     assert bad.returncode == 1 and "whole workspace" in bad.stderr
     _set(server, LimitPolicy())
+
+
+def test_n_reserves_n_times_max_tokens_and_meters_the_prompt_once(server: LiveServer) -> None:
+    _set(server, LimitPolicy(tokens_per_minute=100))
+    c = server.client()
+    # 40 tokens fit once; four choices of 40 can never fit a 100-token minute.
+    assert c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 40}).status_code == 200
+    r = c.post("/v1/chat/completions", json={**CHAT, "max_tokens": 40, "n": 4})
+    assert r.status_code == 400 and r.json()["code"] == "exceeds_limit", r.text
+    _set(server, LimitPolicy())
+    body = c.post("/v1/chat/completions", json={**CHAT, "n": 3}).json()
+    assert server.state.usage.flush(timeout=10)
+    with server.state.platform.db.reading() as s:
+        row = s.scalars(select(UsageEvent).where(UsageEvent.request_id == body["id"])).one()
+    u = body["usage"]
+    assert (row.prompt_tokens, row.completion_tokens) == (
+        u["prompt_tokens"],
+        u["completion_tokens"],
+    )
+    assert u["completion_tokens"] == sum(1 for _ in body["choices"]) * 3  # 3 each, greedy
+    cached = u["prompt_tokens_details"]["cached_tokens"]
+    expected = cost_micros(price_of(PRICING), u["prompt_tokens"], u["completion_tokens"], cached)
+    assert row.price_micros == expected

@@ -1,4 +1,5 @@
-"""``POST /v1/chat/completions``: both dialects, streaming and not."""
+"""``POST /v1/chat/completions``: both dialects, streaming and not; ``n`` choices (each
+chunk names its choice ``index``) and, when asked, per-token ``logprobs``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from levant.api.chat_input import output_spec, to_chat_messages
 from levant.api.deps import StateDep
 from levant.api.dialect import Dialect, detect_dialect
 from levant.api.errors import APIError
-from levant.api.generation import chunk_wire, context_length_error, start_generation, usage_of
+from levant.api.generation import (
+    chunk_wire,
+    context_length_error,
+    logprobs_wire,
+    response_wire,
+    start_generation,
+    total_usage,
+)
 from levant.api.models_lookup import card_for, service_for
 from levant.api.schemas.chat import (
     AssistantMessage,
@@ -21,6 +29,7 @@ from levant.api.schemas.chat import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     Choice,
+    ChoiceLogprobs,
     Delta,
     ResponseFunctionCall,
     ResponseToolCall,
@@ -33,7 +42,7 @@ from levant.api.upstream_chat import UpstreamCall, upstream_error
 from levant.engine.core import ContextLengthExceeded
 from levant.models.tokenizers.protocol import ToolCall
 from levant.routing import Deployment, DeploymentFailure, NoDeploymentInPolicy
-from levant.serving.service import Finished, ModelService
+from levant.serving.service import Finished, ModelService, TextDelta
 from levant.structured.output import GrammarError, OutputPlan
 
 router = APIRouter()
@@ -150,9 +159,11 @@ async def _serve_locally(
         min_tokens=body.min_tokens or 0,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
+        logprobs=body.engine_logprobs,
     )
     prefix = messages[-1].content if messages[-1].prefix else ""
     model_name = body.model
+    with_logprobs = bool(body.logprobs)
     run = await start_generation(
         state,
         principal,
@@ -163,68 +174,88 @@ async def _serve_locally(
         max_tokens,
         deployment,
         plan,
+        n=body.n or 1,
     )
 
     if not body.stream:
-        text, done = await run.collect()
-        calls = run.tool_calls
-        content: str | None = prefix + text
-        if calls and not content and dialect == "openai":
-            content = None  # OpenAI: a message that only calls tools has null content
+        results = await run.collect()
+        choices = []
+        for result in results:
+            calls = result.tool_calls
+            content: str | None = prefix + result.text
+            if calls and not content and dialect == "openai":
+                content = None  # OpenAI: a message that only calls tools has null content
+            choices.append(
+                Choice(
+                    index=result.index,
+                    message=AssistantMessage(
+                        content=content, tool_calls=_wire_calls(calls) if calls else None
+                    ),
+                    finish_reason=_finish_reason(result.done.finish_reason, dialect),
+                    logprobs=logprobs_wire(result.logprobs) if with_logprobs else None,
+                )
+            )
         response = ChatCompletionResponse(
             id=run.request_id,
             created=run.created,
             model=model_name,
-            choices=[
-                Choice(
-                    index=0,
-                    message=AssistantMessage(
-                        content=content, tool_calls=_wire_calls(calls) if calls else None
-                    ),
-                    finish_reason=_finish_reason(done.finish_reason, dialect),
-                )
-            ],
-            usage=usage_of(done),
+            choices=choices,
+            usage=total_usage([r.done for r in results]),
         )
-        return JSONResponse(response.model_dump(), headers=run.headers)
+        return JSONResponse(response_wire(response), headers=run.headers)
 
     include_usage_chunk = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
+    def chunk(
+        index: int,
+        delta: Delta,
+        finish: str | None = None,
+        usage: Usage | None = None,
+        logprobs: ChoiceLogprobs | None = None,
+    ) -> bytes:
         c = ChatCompletionChunk(
             id=run.request_id,
             created=run.created,
             model=model_name,
-            choices=[StreamChoice(index=0, delta=delta, finish_reason=finish)],
+            choices=[
+                StreamChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+            ],
             usage=usage,
         )
         return sse_event(chunk_wire(c))
 
-    def finish(done: Finished) -> list[bytes]:
-        # Mistral puts usage on the finishing chunk; OpenAI clients that asked for
-        # include_usage also get a final chunk with no choices.
-        usage = usage_of(done)
-        events = [chunk(Delta(content=""), _finish_reason(done.finish_reason, dialect), usage)]
-        if include_usage_chunk:
-            final = ChatCompletionChunk(
-                id=run.request_id, created=run.created, model=model_name, choices=[], usage=usage
-            )
-            events.append(sse_event(chunk_wire(final)))
-        return events
+    def text(index: int, delta: TextDelta) -> bytes:
+        logprobs = logprobs_wire(delta.logprobs) if with_logprobs else None
+        return chunk(index, Delta(content=delta.text), logprobs=logprobs)
 
-    def tool_calls(calls: list[ToolCall]) -> list[bytes]:
+    def finish(index: int, done: Finished, usage: Usage | None) -> list[bytes]:
+        # Mistral puts usage on the finishing chunk (of the last choice to finish).
+        reason = _finish_reason(done.finish_reason, dialect)
+        return [chunk(index, Delta(content=""), reason, usage)]
+
+    def end(usage: Usage) -> list[bytes]:
+        # OpenAI clients that asked for include_usage get a final chunk with no choices.
+        if not include_usage_chunk:
+            return []
+        final = ChatCompletionChunk(
+            id=run.request_id, created=run.created, model=model_name, choices=[], usage=usage
+        )
+        return [sse_event(chunk_wire(final))]
+
+    def tool_calls(index: int, calls: list[ToolCall]) -> list[bytes]:
         # Mistral sends every call whole in one delta; OpenAI clients merge index-keyed
         # deltas, so each call comes whole in its own.
         wire = _wire_calls(calls)
         if dialect == "openai":
-            return [chunk(Delta(tool_calls=[call])) for call in wire]
-        return [chunk(Delta(content="", tool_calls=wire))]
+            return [chunk(index, Delta(tool_calls=[call])) for call in wire]
+        return [chunk(index, Delta(content="", tool_calls=wire))]
 
     events = run.sse(
         dialect,
-        first=chunk(Delta(role="assistant", content=prefix)),
-        on_text=lambda text: chunk(Delta(content=text)),
+        first=lambda index: chunk(index, Delta(role="assistant", content=prefix)),
+        on_text=text,
         on_finish=finish,
         on_tool_calls=tool_calls,
+        on_end=end,
     )
     return sse_response(events, headers=run.headers)

@@ -1,4 +1,5 @@
-"""``/v1/files``: upload (multipart, streamed to disk), list, retrieve, download, delete.
+"""``/v1/files``: upload (multipart, streamed to disk), list, retrieve, download, delete,
+and signed download links (``/url``, served keyless at ``/signed``: ``files.signed_url``).
 
 The upload is parsed as it arrives (``levant.files.multipart``): the file part goes
 straight into a partial file in the FileStore, hashed and counted on the way, and
@@ -13,17 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import replace
 from datetime import timedelta
 from mimetypes import guess_type
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy.orm import Session
 
-from levant.access.principal import Principal
+from levant.access.policy import workspace_residency
+from levant.access.principal import Principal, Scopes
 from levant.api.deps import StateDep
 from levant.api.errors import APIError
 from levant.api.schemas.files import (
@@ -41,6 +45,7 @@ from levant.config import Settings
 from levant.db.file_tables import StoredFile
 from levant.db.types import utcnow
 from levant.files import records
+from levant.files import signed_url as signed_url_mod
 from levant.files.multipart import (
     MultipartError,
     MultipartParser,
@@ -60,6 +65,13 @@ MAX_FIELD_BYTES = 64 * 1024
 WRITE_BYTES = 256 * 1024
 """File data is handed to a worker thread in pieces of about this size."""
 MAX_EXPIRY_HOURS = 24 * 365
+MAX_URL_EXPIRY_HOURS = 168
+"""Longest lifetime of a signed download link (Mistral's SDK documents 1 to 168 hours)."""
+
+
+def _now() -> float:
+    """The clock signed links are issued and checked by (tests move it)."""
+    return time.time()
 
 
 def upload_body_limit(settings: Settings) -> int:
@@ -342,6 +354,10 @@ async def download_file(
     file_id: str, state: StateDep, principal: StatefulPrincipalDep
 ) -> FileResponse:
     row = await _get(state, principal, file_id)
+    return _content_response(state, row, file_id)
+
+
+def _content_response(state: AppState, row: StoredFile, file_id: str) -> FileResponse:
     path = _store(state).blob_path(row.sha256)
     if not path.exists():
         raise APIError(
@@ -352,6 +368,85 @@ async def download_file(
         media_type="application/octet-stream",  # as Mistral's spec (and SDK) expect
         filename=row.filename,
     )
+
+
+@router.get("/v1/files/{file_id}/url", response_model=None)
+async def signed_url(
+    file_id: str,
+    request: Request,
+    state: StateDep,
+    principal: StatefulPrincipalDep,
+    expiry: Annotated[int, Query(ge=1, le=MAX_URL_EXPIRY_HOURS)] = 24,
+) -> JSONResponse:
+    """Mistral's ``FileSignedURL``: a link that downloads the file without a key for
+    ``expiry`` hours (1 to 168)."""
+    await _get(state, principal, file_id)
+    link = signed_url_mod.FileLink(
+        file_id=file_id,
+        workspace_id=principal.workspace_id,
+        key_id=principal.key_id,
+        expires=int(_now()) + expiry * 3600,
+    )
+    query = urlencode(
+        {
+            "workspace": link.workspace_id,
+            "key": link.key_id,
+            "expires": link.expires,
+            "signature": signed_url_mod.sign(state.platform.secret, link),
+        }
+    )
+    url = str(request.url_for("download_signed", file_id=file_id))
+    return JSONResponse({"url": f"{url}?{query}"})
+
+
+@router.get("/v1/files/{file_id}/signed", response_model=None, name="download_signed")
+async def download_signed(
+    file_id: str,
+    state: StateDep,
+    workspace: str,
+    key: str,
+    expires: int,
+    signature: str,
+) -> FileResponse:
+    """The content behind a signed link: no API key, the link is the credential. A link
+    altered or expired is a 403; a file since deleted (or expired) a 404; a workspace
+    since switched to zero retention is refused like every file route."""
+    link = signed_url_mod.FileLink(file_id, workspace, key, expires)
+    try:
+        signed_url_mod.verify(state.platform.secret, link, signature, _now())
+    except signed_url_mod.ExpiredLink:
+        raise APIError(
+            403, "This download link has expired", type="permission_error", code="url_expired"
+        ) from None
+    except signed_url_mod.BadLink:
+        raise APIError(
+            403,
+            "This download link is not valid (bad signature)",
+            type="permission_error",
+            code="invalid_signature",
+        ) from None
+
+    def lookup(session: Session) -> tuple[bool, StoredFile | None]:
+        residency = workspace_residency(session, workspace, state.gateway.regions)
+        who = Principal(workspace_id=workspace, key_id=key, scopes=Scopes(), residency=residency)
+        if who.zero_retention:
+            return True, None
+        try:
+            return False, records.get_file(session, who, file_id)
+        except records.FileNotFound:
+            return False, None
+
+    zero, row = await _read(state, lookup)
+    if zero:
+        raise APIError(
+            403,
+            "This workspace has zero retention: files are not available to it",
+            type="permission_error",
+            code="zero_retention",
+        )
+    if row is None:
+        raise _not_found(file_id)
+    return _content_response(state, row, file_id)
 
 
 @router.delete("/v1/files/{file_id}", response_model=None)

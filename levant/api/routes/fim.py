@@ -75,7 +75,8 @@ async def fim_completions(
     )
 
     if not body.stream:
-        text, done = await run.collect()
+        (result,) = await run.collect()
+        text, done = result.text, result.done
         response = ChatCompletionResponse(
             id=run.request_id,
             created=run.created,
@@ -92,6 +93,7 @@ async def fim_completions(
         return JSONResponse(response.model_dump(), headers=run.headers)
 
     def chunk(delta: Delta, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        # FIM has no n: one choice, index 0.
         c = ChatCompletionChunk(
             id=run.request_id,
             created=run.created,
@@ -101,14 +103,14 @@ async def fim_completions(
         )
         return sse_event(chunk_wire(c))
 
-    def finish(done: Finished) -> list[bytes]:
+    def finish(_: int, done: Finished, usage: Usage | None) -> list[bytes]:
         # Usage rides on the finishing chunk, as in Mistral's chat stream.
-        return [chunk(Delta(content=""), done.finish_reason, usage_of(done))]
+        return [chunk(Delta(content=""), done.finish_reason, usage)]
 
     events = run.sse(
         dialect,
-        first=chunk(Delta(role="assistant", content="")),
-        on_text=lambda text: chunk(Delta(content=text)),
+        first=lambda _: chunk(Delta(role="assistant", content="")),
+        on_text=lambda _, delta: chunk(Delta(content=delta.text)),
         on_finish=finish,
     )
     return sse_response(events, headers=run.headers)

@@ -2,7 +2,9 @@
 
 Mistral's fields (``random_seed``, ``safe_prompt``, ``prefix``, ``tool_choice: "any"``)
 and OpenAI's (``seed``, ``max_completion_tokens``, ``stream_options``) are all
-accepted; ``normalize`` folds them into one meaning. Unknown fields are refused
+accepted; ``normalize`` folds them into one meaning. ``n`` (1..16) and OpenAI's
+``logprobs`` / ``top_logprobs`` (0..20, only with ``logprobs: true``) are validated here;
+a refusal is a 422 naming the field. Unknown fields are refused
 (Mistral's spec forbids additional properties), so a typo never goes unnoticed.
 """
 
@@ -10,7 +12,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+MAX_N = 16
+"""Most choices one request may ask for (``n``)."""
+MAX_TOP_LOGPROBS = 20
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -112,7 +118,10 @@ class ChatCompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_N)
+    """Choices to return (parallel sampling); the prompt is billed once."""
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     safe_prompt: bool = False
     response_format: ResponseFormat | None = None
     tools: list[ToolDefinition] | None = None
@@ -126,12 +135,17 @@ class ChatCompletionRequest(BaseModel):
     prediction: dict[str, Any] | None = None
     prompt_mode: str | None = None
     service_tier: str | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     prompt_logprobs: bool | None = None
     top_prompt_logprobs: int | None = Field(default=None, ge=0, le=20)
     guardrails: list[dict[str, Any]] | None = None
     reasoning_effort: str | None = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs requires logprobs: true")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -154,6 +168,11 @@ class ChatCompletionRequest(BaseModel):
             or self.max_completion_tokens is not None
             or self.stream_options is not None
         )
+
+    @property
+    def engine_logprobs(self) -> int | None:
+        """``SamplingParams.logprobs``: None unless asked, else the number of top tokens."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def effective_max_tokens(self) -> int | None:
@@ -201,10 +220,29 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ResponseToolCall] | None = None
 
 
+class TopLogprob(BaseModel):
+    """OpenAI's ``TopLogprob``; ``token_id`` as Mistral's SDK also reads it."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    token_id: int
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: str
+    logprobs: ChoiceLogprobs | None = None
+    """Only present when the request asked (``logprobs: true``)."""
 
 
 class ChatCompletionResponse(BaseModel):
@@ -226,6 +264,8 @@ class StreamChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: str | None = None
+    logprobs: ChoiceLogprobs | None = None
+    """The delta's tokens, only when the request asked."""
 
 
 class ChatCompletionChunk(BaseModel):
