@@ -150,7 +150,8 @@ def test_zero_retention_refuses_to_store(admin: TestClient) -> None:
         admin.patch(f"/api/conversations/{conv}", json={"name": "y"}),
     ]
     for r in refused:
-        assert r.status_code == 409 and r.json()["code"] == "zero_retention"
+        assert r.status_code == 403 and r.json()["code"] == "zero_retention"
+        assert r.json()["type"] == "permission_error"
         assert "zero retention" in r.json()["message"]
     assert message_rows(admin) == 0
     assert admin.get("/api/conversations").json()["retention"] == "zero"

@@ -179,7 +179,7 @@ def test_zero_retention_writes_the_canary_nowhere(server: LiveServer, log_file: 
     seen = _exercise(server, canary)
     assert seen["chat"] == 200 and seen["stream"] == 200 and seen["cancelled"] == 200
     assert seen["invalid"] == 422 and seen["malformed"] == 400
-    assert seen["conversation"] == 409  # stateful: refused in zero retention
+    assert seen["conversation"] == 403  # stateful: refused in zero retention
     # The usage rows are there (metering continues) but carry no text.
     hits = _scan(server, canary, log_file, started)
     assert hits == [], f"canary found in {hits}"

@@ -76,8 +76,12 @@ def reply(page: Any, action: Any) -> None:
     done = int(page.evaluate("Number(document.body.dataset.replies || 0)"))
     action()
     page.wait_for_function(
-        f"() => Number(document.body.dataset.replies || 0) > {done}", timeout=120_000
+        f"() => Number(document.body.dataset.replies || 0) > {done}",
+        timeout=120_000,
+        polling=100,  # a timer, not requestAnimationFrame: frames may not be scheduled
     )
+    outcome = page.evaluate("document.body.dataset.lastReply")
+    assert not outcome.startswith("error"), outcome  # a failed request fails here, at once
     page.wait_for_load_state("networkidle")
 
 
@@ -223,6 +227,7 @@ def test_hostile_output_never_executes(browser: Any, web_server: LiveServer, con
         body = route.request.post_data_json
         body["messages"].append({"role": "assistant", "content": HOSTILE, "prefix": True})
         body["max_tokens"] = 12
+        body["temperature"] = 0  # the same short continuation on every run
         route.continue_(post_data=json.dumps(body))
 
     page.route("**/v1/chat/completions", force_prefix)

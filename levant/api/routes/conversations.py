@@ -37,8 +37,9 @@ T = TypeVar("T")
 def _refuse_if_zero(identity: WebIdentity) -> None:
     if identity.retention == "zero":
         raise APIError(
-            409,
+            403,
             "This workspace has zero retention: conversations are never stored",
+            type="permission_error",
             code="zero_retention",
         )
 

@@ -366,18 +366,26 @@ async function generate() {
     state.messages.pop();
     renderMessages();
     showError(error);
+    replyEnded(`error: ${error.message || error}`);
     return;
   }
   if (error) message.finish_reason = "error";
   renderMessages();
   $("#status").textContent = message.finish_reason === "cancelled" ? "Reply stopped." : "Reply finished.";
-  document.body.dataset.replies = String(Number(document.body.dataset.replies || 0) + 1);
+  replyEnded(message.finish_reason || "stop");
   try {
     await persist(message);
   } catch (err) {
     showError(err);
   }
   if (error) showError(error);
+}
+
+/** Every reply attempt ends here, failed ones included, so nothing waits on it forever:
+ * body[data-replies] counts them and body[data-last-reply] says how the last one ended. */
+function replyEnded(outcome) {
+  document.body.dataset.lastReply = String(outcome);
+  document.body.dataset.replies = String(Number(document.body.dataset.replies || 0) + 1);
 }
 
 let pending = null;
