@@ -1,24 +1,34 @@
 """Gateway overhead: what a hop through a gateway adds over calling the upstream directly.
 
 Targets, all in front of the same trivial upstream (a raw ASGI app in its own
-process that answers a canned streamed chat completion):
+process that answers a canned chat completion, whole or streamed):
 
 - ``direct``          the upstream itself (the baseline)
-- ``levant-routing``  Levant's routing core in its own process: Router.route over an
-                      in-policy deployment + UpstreamClient SSE pass-through, response
-                      headers levant-region / levant-deployment (no auth/limits/metering)
-- ``litellm``         LiteLLM's proxy (``litellm --config``), when its binary is found
 - ``levant``          a full Levant gateway (``levant serve`` in its own process, with a
-                      routing file naming the upstream): API-key auth, rate-limit
-                      admission, usage metering to SQLite, residency routing — the
-                      production path. ``--levant-url`` points at one already running.
+                      routing file naming the upstream): API-key auth, stored rate, token
+                      and spend limits (admission), usage metering to SQLite, residency
+                      routing — the production path. ``--levant-url`` points at one
+                      already running instead.
+- ``litellm``         LiteLLM's proxy (``litellm --config``, one worker, master key), when
+                      its binary is found: install it in its own venv, e.g.
+                      ``python -m venv ~/.cache/levant-bench/litellm &&
+                      ~/.cache/levant-bench/litellm/bin/pip install 'litellm[proxy]'``
+- ``levant-routing``  (``--routing-core``) Levant's routing core alone in its own process:
+                      Router.route + UpstreamClient, no auth/limits/metering
 
-Each target is measured at each concurrency with interleaved rounds; added
-latency is the target's percentile minus the direct percentile. Prints a
+Every target is measured at each concurrency and mode (``json``: non-streamed,
+``stream``: SSE) in interleaved rounds, by one lean load generator (raw HTTP/1.1
+keep-alive over asyncio + httptools, so the client's own cost stays small and the
+same for all). Added latency is the target's percentile minus the direct
+percentile. The server's CPU time (user + system, its whole process tree) is read
+before and after each run: ``cpu µs/req`` is what one request costs the server,
+a figure robust to other load on the machine. Requests are bounded in count
+(``--requests``) and time (``--max-seconds`` per run); loopback only. Prints a
 markdown table and writes JSON to bench/results/.
 
-    python -m bench.gateway [--requests 600] [--concurrency 1 64]
-        [--litellm /path/to/litellm] [--levant-url URL --levant-key KEY --levant-model M]
+    python -m bench.gateway [--requests 600] [--rounds 3] [--concurrency 1 64]
+        [--modes json stream] [--targets direct levant litellm] [--litellm BIN]
+        [--levant-profile FILE] [--levant-url URL --levant-key KEY --levant-model M]
 """
 
 from __future__ import annotations
@@ -28,7 +38,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,22 +45,35 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httptools  # type: ignore[import-untyped]
 import httpx
+import psutil
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "m"
+LEVANT_MODEL = "smollm2-135m-instruct"
 LITELLM_KEY = "sk-levant-bench-0123456789abcdef0123456789abcdef"
 """LiteLLM refuses to start without a master key; with one (and no database) it checks it."""
+LITELLM_DEFAULT = Path.home() / ".cache" / "levant-bench" / "litellm" / "bin" / "litellm"
 WORDS = ["Bon", "jour", ",", " le", " monde", " !", " Ça", " va"]
-BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "stream": True}
+MODES = ("json", "stream")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def request_body(model: str, stream: bool) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 16,
+        "stream": stream,
+    }
 
 
 # --- the trivial upstream: raw ASGI, canned SSE ------------------------------------------
@@ -162,15 +184,23 @@ def routing_gateway(
             if not message.get("more_body"):
                 break
         body = json.loads(raw)
+        stream = bool(body.get("stream"))
+        attempt = pool.stream(body, policy) if stream else pool.complete(body, policy)
         try:
-            routed = await router.route(body["model"], policy, pool.stream(body, policy))
+            routed: Any = await router.route(body["model"], policy, attempt)
         except (NoDeploymentInPolicy, UpstreamError) as exc:
             await send({"type": "http.response.start", "status": 503, "headers": []})
             await send({"type": "http.response.body", "body": str(exc).encode()})
             return
-        headers = [(b"content-type", b"text/event-stream")] + [
+        kind = b"text/event-stream" if stream else b"application/json"
+        headers = [(b"content-type", kind)] + [
             (k.encode(), v.encode()) for k, v in routed.headers.items()
         ]
+        if not stream:
+            payload = json.dumps(routed.value.body).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": payload})
+            return
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             async for chunk in routed.value:
@@ -202,7 +232,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -
         try:
             httpx.post(
                 f"{url}/v1/chat/completions",
-                json={**BODY, "stream": False},
+                json=request_body(MODEL, False),
                 headers={"authorization": f"Bearer {LITELLM_KEY}"},
                 timeout=5,
             )
@@ -221,7 +251,7 @@ def spawn(
     def stop() -> None:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
 
@@ -229,7 +259,7 @@ def spawn(
     return proc
 
 
-def start_litellm(stack: ExitStack, binary: str, upstream: str, workdir: Path) -> str:
+def start_litellm(stack: ExitStack, binary: str, upstream: str, workdir: Path) -> Target:
     port = free_port()
     config = workdir / "litellm.yaml"
     config.write_text(
@@ -250,81 +280,22 @@ def start_litellm(stack: ExitStack, binary: str, upstream: str, workdir: Path) -
         "LITELLM_TELEMETRY": "False",
         "LITELLM_LOG": "ERROR",
     }
-    proc = spawn(
-        stack,
-        [
-            binary,
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--num_workers",
-            "1",
-        ],
-        env,
-        log=workdir / "litellm.log",
-    )
+    argv = [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    proc = spawn(stack, [*argv, "--num_workers", "1"], env, log=workdir / "litellm.log")
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, timeout=180)
-    return url
+    return Target("litellm", port, {"authorization": f"Bearer {LITELLM_KEY}"}, MODEL, proc.pid)
 
 
-# --- the load ----------------------------------------------------------------------------
-
-
-@dataclass
-class Target:
-    name: str
-    url: str
-    headers: dict[str, str]
-    model: str = MODEL
-
-
-async def one(client: httpx.AsyncClient, target: Target) -> float:
-    body = {**BODY, "model": target.model}
-    started = time.perf_counter()
-    async with client.stream(
-        "POST", f"{target.url}/v1/chat/completions", json=body, headers=target.headers
-    ) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise RuntimeError(f"{target.name}: {response.status_code} {response.text[:200]}")
-        done = False
-        async for line in response.aiter_lines():
-            done = done or line == "data: [DONE]"
-    if not done:
-        raise RuntimeError(f"{target.name}: stream ended without [DONE]")
-    return time.perf_counter() - started
-
-
-async def measure(target: Target, concurrency: int, requests: int) -> tuple[list[float], float]:
-    """Latencies of ``requests`` streams at ``concurrency``, and the wall time they took."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        for _ in range(min(20, requests)):  # warm the connections and the target
-            await one(client, target)
-        latencies: list[float] = []
-        queue = iter(range(requests))
-
-        async def worker() -> None:
-            for _ in queue:
-                latencies.append(await one(client, target))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return latencies, wall
-
-
-def start_levant(stack: ExitStack, upstream: str, workdir: Path) -> tuple[str, str, str]:
+def start_levant(
+    stack: ExitStack, upstream: str, workdir: Path, profile: Path | None = None
+) -> Target:
     """A full ``levant serve`` whose only deployment of the model is the upstream.
 
-    Returns (url, api key, model). Auth, admission against (default) limits and
-    usage metering all run as in production; nothing is loaded locally.
+    Auth (a fresh API key), admission against stored limits (rate, tokens per minute
+    and month, and a monthly spend budget: all on, set high enough never to refuse)
+    and usage metering run as in production; nothing is loaded locally.
     """
-    model = "smollm2-135m-instruct"
     home = workdir / "levant-home"
     routing = workdir / "levant.toml"
     routing.write_text(
@@ -333,7 +304,7 @@ region = "eu-west-paris"
 
 [[deployments]]
 name = "bench-upstream"
-model = "{model}"
+model = "{LEVANT_MODEL}"
 backend = "upstream"
 region = "eu-west-paris"
 [deployments.upstream]
@@ -343,33 +314,212 @@ max_retries = 0
     )
     env = {**os.environ, "LEVANT_HOME": str(home), "LEVANT_ROUTING_CONFIG": str(routing)}
     levant = [sys.executable, "-m", "levant.cli"]
-    created = subprocess.run(
-        [*levant, "keys", "create", "--name", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([*levant, *args], env=env, capture_output=True, text=True, check=True)
+        return done.stdout
+
+    key = cli("keys", "create", "--name", "bench").strip().splitlines()[-1]
+    cli(
+        "limits",
+        "set",
+        "--rps",
+        "1000000",
+        "--tpm",
+        str(10**13),
+        "--tokens-per-month",
+        str(10**15),
+        "--budget",
+        "1000000",
     )
-    key = created.stdout.strip().splitlines()[-1]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = spawn(
-        stack,
-        [*levant, "serve", "--port", str(port), "--model", model],
-        env=env,
-        log=workdir / "levant.log",
-    )
+    serve = ["serve", "--port", str(port), "--model", LEVANT_MODEL]
+    if profile is not None:
+        argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "levant.cli", *serve]
+    else:
+        argv = [*levant, *serve]
+    proc = spawn(stack, argv, env=env, log=workdir / "levant.log")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"levant exited with {proc.returncode}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return url, key, model
+                return Target(
+                    "levant", port, {"authorization": f"Bearer {key}"}, LEVANT_MODEL, proc.pid
+                )
         except httpx.TransportError:
             pass
         time.sleep(0.2)
     raise RuntimeError("levant did not become healthy")
+
+
+def tree_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process and its descendants so far."""
+    if pid is None:
+        return float("nan")
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
+# --- the load: raw HTTP/1.1 keep-alive, parsed by httptools -------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    headers: dict[str, str]
+    model: str
+    pid: int | None = None
+    """The server process whose CPU time is counted (None: not ours to measure)."""
+    host: str = "127.0.0.1"
+    raw: dict[bool, bytes] = field(default_factory=dict)
+
+    def request(self, stream: bool) -> bytes:
+        if stream not in self.raw:
+            body = json.dumps(request_body(self.model, stream)).encode()
+            lines = [
+                "POST /v1/chat/completions HTTP/1.1",
+                f"Host: {self.host}:{self.port}",
+                "Content-Type: application/json",
+                "User-Agent: levant-bench",
+                f"Content-Length: {len(body)}",
+                *(f"{k}: {v}" for k, v in self.headers.items()),
+            ]
+            self.raw[stream] = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        return self.raw[stream]
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.body = bytearray()
+        self.status = 0
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(exc)
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.closed = self.closed or not self.parser.should_keep_alive()
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(exc or ConnectionError("connection closed"))
+
+    def _fail(self, exc: Exception) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(exc)
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.body = bytearray()
+        self.transport.write(raw)
+        await self.done
+        return self.status, bytes(self.body)
+
+
+class Client:
+    def __init__(self, target: Target, stream: bool) -> None:
+        self.target = target
+        self.stream = stream
+        self.raw = target.request(stream)
+        self.conn: _Connection | None = None
+
+    async def one(self) -> float:
+        started = time.perf_counter()
+        if self.conn is None or self.conn.closed:
+            if self.conn is not None and self.conn.transport is not None:
+                self.conn.transport.close()
+            _, self.conn = await asyncio.get_running_loop().create_connection(
+                _Connection, self.target.host, self.target.port
+            )
+        status, body = await self.conn.send(self.raw)
+        elapsed = time.perf_counter() - started
+        ok = body.rstrip().endswith(b"data: [DONE]") if self.stream else b'"choices"' in body
+        if status != 200 or not ok:
+            raise RuntimeError(f"{self.target.name}: {status} {body[:300]!r}")
+        return elapsed
+
+    def close(self) -> None:
+        if self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.close()
+
+
+@dataclass
+class Run:
+    latencies: list[float]
+    wall_s: float
+    cpu_s: float
+
+
+async def measure(
+    target: Target, concurrency: int, requests: int, stream: bool, max_s: float
+) -> Run:
+    """``requests`` requests (fewer if ``max_s`` runs out) over ``concurrency`` connections."""
+    clients = [Client(target, stream) for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(c.one() for c in clients))  # open and warm every connection
+        for _ in range(20):
+            await clients[0].one()
+        latencies: list[float] = []
+        remaining = requests
+        deadline = time.perf_counter() + max_s
+
+        async def worker(client: Client) -> None:
+            nonlocal remaining
+            while remaining > 0 and time.perf_counter() < deadline:
+                remaining -= 1
+                latencies.append(await client.one())
+
+        cpu0 = tree_cpu_s(target.pid)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in clients))
+        wall = time.perf_counter() - started
+        cpu = tree_cpu_s(target.pid) - cpu0
+    finally:
+        for c in clients:
+            c.close()
+    return Run(latencies, wall, cpu)
+
+
+def run_loop(coro: Awaitable[Run]) -> Run:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -377,24 +527,54 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def versions(litellm: str | None) -> dict[str, str]:
+    from importlib.metadata import version
+
+    out = {p: version(p) for p in ("fastapi", "starlette", "uvicorn", "httpx", "pydantic")}
+    try:
+        out["uvloop"] = version("uvloop")
+        out["httptools"] = version("httptools")
+    except Exception:
+        pass
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    import levant
+
+    out["levant"] = f"{levant.__version__} ({commit})"
+    if litellm:
+        py = Path(litellm).parent / "python"
+        got = subprocess.run(
+            [str(py), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True,
+            text=True,
+        )
+        out["litellm"] = got.stdout.strip() or "unknown"
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=600, help="per target and concurrency")
+    parser.add_argument("--requests", type=int, default=600, help="per target, mode, concurrency")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per target")
+    parser.add_argument("--max-seconds", type=float, default=30.0, help="time bound per run")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--targets", nargs="+", choices=["direct", "levant", "litellm"], default=None
+    )
+    parser.add_argument("--routing-core", action="store_true", help="also Levant's routing core")
     parser.add_argument(
         "--litellm",
-        default=shutil.which("litellm"),
-        help="litellm binary (its proxy); skipped when absent",
+        default=str(LITELLM_DEFAULT) if LITELLM_DEFAULT.exists() else None,
+        help=f"litellm binary (its proxy; default {LITELLM_DEFAULT}); skipped when absent",
     )
     parser.add_argument("--levant-url", help="a full Levant gateway forwarding to this upstream")
     parser.add_argument("--levant-key", default="")
     parser.add_argument("--levant-model", default=MODEL)
-    parser.add_argument(
-        "--gateway-python",
-        default=sys.executable,
-        help="interpreter for the levant-routing process (e.g. one with uvloop + httptools)",
-    )
+    parser.add_argument("--levant-profile", type=Path, help="run levant serve under cProfile")
+    parser.add_argument("--out", type=Path, help="JSON results file (default bench/results/)")
     parser.add_argument("--role", choices=["upstream", "routing"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -407,96 +587,100 @@ def main() -> None:
         uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="error", access_log=False)
         return
 
+    wanted = set(args.targets or ["direct", "levant", "litellm"]) | {"direct"}
+    load_before = os.getloadavg()
+    skipped: dict[str, str] = {}
+    targets: list[Target] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         me = [sys.executable, "-m", "bench.gateway"]
-        up_port, gw_port = free_port(), free_port()
+        up_port = free_port()
         upstream = f"http://127.0.0.1:{up_port}"
         proc = spawn(stack, [*me, "--role", "upstream", "--port", str(up_port)])
         wait_ready(upstream, proc)
-        gateway = f"http://127.0.0.1:{gw_port}"
-        proc = spawn(
-            stack,
-            [
-                args.gateway_python,
-                "-m",
-                "bench.gateway",
-                "--role",
-                "routing",
-                "--port",
-                str(gw_port),
-                "--upstream",
-                upstream,
-            ],
-        )
-        wait_ready(gateway, proc)
-        targets = [Target("direct", upstream, {}), Target("levant-routing", gateway, {})]
-        skipped: dict[str, str] = {}
-        if args.litellm:
-            try:
-                url = start_litellm(stack, args.litellm, upstream, Path(tmp))
-                auth = {"authorization": f"Bearer {LITELLM_KEY}"}
-                targets.append(Target("litellm", url, auth))
-            except RuntimeError as exc:
-                log = (Path(tmp) / "litellm.log").read_text(errors="replace")[-2000:]
-                skipped["litellm"] = f"{exc}; log tail: {log}"
-        else:
-            skipped["litellm"] = "no litellm binary (pip install 'litellm[proxy]')"
-        if args.levant_url:
-            auth = {"authorization": f"Bearer {args.levant_key}"} if args.levant_key else {}
-            targets.append(Target("levant", args.levant_url.rstrip("/"), auth, args.levant_model))
-        else:
-            try:
-                url, key, model = start_levant(stack, upstream, Path(tmp))
-                targets.append(Target("levant", url, {"authorization": f"Bearer {key}"}, model))
-            except (RuntimeError, subprocess.CalledProcessError) as exc:
-                log = Path(tmp) / "levant.log"
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                skipped["levant"] = f"{exc}; log tail: {tail}"
+        targets.append(Target("direct", up_port, {}, MODEL, proc.pid))
+        if args.routing_core:
+            gw_port = free_port()
+            argv = [*me, "--role", "routing", "--port", str(gw_port), "--upstream", upstream]
+            proc = spawn(stack, argv)
+            wait_ready(f"http://127.0.0.1:{gw_port}", proc)
+            targets.append(Target("levant-routing", gw_port, {}, MODEL, proc.pid))
+        if "levant" in wanted:
+            if args.levant_url:
+                url = httpx.URL(args.levant_url)
+                auth = {"authorization": f"Bearer {args.levant_key}"} if args.levant_key else {}
+                port = url.port or 80
+                targets.append(Target("levant", port, auth, args.levant_model, None, url.host))
+            else:
+                try:
+                    targets.append(start_levant(stack, upstream, Path(tmp), args.levant_profile))
+                except (RuntimeError, subprocess.CalledProcessError) as exc:
+                    log = Path(tmp) / "levant.log"
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    skipped["levant"] = f"{exc}; log tail: {tail}"
+        if "litellm" in wanted:
+            if args.litellm:
+                try:
+                    targets.append(start_litellm(stack, args.litellm, upstream, Path(tmp)))
+                except RuntimeError as exc:
+                    log = (Path(tmp) / "litellm.log").read_text(errors="replace")[-2000:]
+                    skipped["litellm"] = f"{exc}; log tail: {log}"
+            else:
+                skipped["litellm"] = "no litellm binary (pip install 'litellm[proxy]')"
 
-        raw: dict[str, dict[int, list[float]]] = {t.name: {} for t in targets}
-        walls: dict[str, dict[int, float]] = {t.name: {} for t in targets}
+        runs: dict[tuple[str, str, int], list[Run]] = {}
         for conc in args.concurrency:
-            per_round = max(conc, args.requests // args.rounds)
-            for _ in range(args.rounds):
-                for t in targets:
-                    lat, wall = asyncio.run(measure(t, conc, per_round))
-                    raw[t.name].setdefault(conc, []).extend(lat)
-                    walls[t.name][conc] = walls[t.name].get(conc, 0.0) + wall
+            for mode in args.modes:
+                per_round = max(conc, args.requests // args.rounds)
+                for _ in range(args.rounds):
+                    for t in targets:
+                        run = run_loop(
+                            measure(t, conc, per_round, mode == "stream", args.max_seconds)
+                        )
+                        runs.setdefault((t.name, mode, conc), []).append(run)
 
     rows = []
     for conc in args.concurrency:
-        base = raw["direct"][conc]
-        b50, b99 = pct(base, 0.5), pct(base, 0.99)
-        for t in targets:
-            lat = raw[t.name][conc]
-            p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
-            rows.append(
-                {
-                    "target": t.name,
-                    "concurrency": conc,
-                    "requests": len(lat),
-                    "p50_ms": p50 * 1e3,
-                    "p99_ms": p99 * 1e3,
-                    "added_p50_ms": (p50 - b50) * 1e3,
-                    "added_p99_ms": (p99 - b99) * 1e3,
-                    "mean_ms": statistics.fmean(lat) * 1e3,
-                    "requests_per_s": len(lat) / walls[t.name][conc],
-                }
-            )
+        for mode in args.modes:
+            base = [x for r in runs[("direct", mode, conc)] for x in r.latencies]
+            b50, b99 = pct(base, 0.5), pct(base, 0.99)
+            for t in targets:
+                done = runs[(t.name, mode, conc)]
+                lat = [x for r in done for x in r.latencies]
+                p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
+                cpu = sum(r.cpu_s for r in done)
+                rows.append(
+                    {
+                        "target": t.name,
+                        "mode": mode,
+                        "concurrency": conc,
+                        "requests": len(lat),
+                        "p50_ms": p50 * 1e3,
+                        "p99_ms": p99 * 1e3,
+                        "added_p50_ms": (p50 - b50) * 1e3,
+                        "added_p99_ms": (p99 - b99) * 1e3,
+                        "mean_ms": statistics.fmean(lat) * 1e3,
+                        "requests_per_s": len(lat) / sum(r.wall_s for r in done),
+                        "server_cpu_us_per_request": cpu / len(lat) * 1e6,
+                    }
+                )
 
-    print("| target | streams | requests | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| target | mode | streams | requests | p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| req/s | server CPU µs/req |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['target']} | {r['concurrency']} | {r['requests']} | {r['p50_ms']:.2f} | "
-            f"{r['p99_ms']:.2f} | {r['added_p50_ms']:+.2f} | {r['added_p99_ms']:+.2f} | "
-            f"{r['requests_per_s']:.0f} |"
+            f"| {r['target']} | {r['mode']} | {r['concurrency']} | {r['requests']} | "
+            f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['added_p50_ms']:+.2f} | "
+            f"{r['added_p99_ms']:+.2f} | {r['requests_per_s']:.0f} | "
+            f"{r['server_cpu_us_per_request']:.0f} |"
         )
     for name, why in skipped.items():
         print(f"\n{name} skipped: {why}")
 
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"gateway-{datetime.now(UTC):%Y-%m-%d}.json"
+    out = args.out or RESULTS / f"gateway-{datetime.now(UTC):%Y-%m-%d}.json"
     out.write_text(
         json.dumps(
             {
@@ -505,10 +689,19 @@ def main() -> None:
                 "machine": {
                     "python": platform.python_version(),
                     "cpus": os.cpu_count(),
+                    "cpu": _cpu_name(),
                     "platform": platform.platform(),
+                    "loadavg_before": load_before,
+                    "loadavg_after": os.getloadavg(),
                 },
-                "workload": {"stream": True, "chunks": len(CANNED), "rounds": args.rounds},
-                "gateway_python": args.gateway_python,
+                "versions": versions(args.litellm if "litellm" in wanted else None),
+                "workload": {
+                    "modes": args.modes,
+                    "stream_chunks": len(CANNED),
+                    "rounds": args.rounds,
+                    "requests": args.requests,
+                    "max_seconds": args.max_seconds,
+                },
                 "rows": rows,
                 "skipped": skipped,
             },
@@ -516,6 +709,16 @@ def main() -> None:
         )
     )
     print(f"\nwrote {out}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     limits_cache_ttl_s: float = 5.0
     """How long stored limits and month-to-date spend are cached per workspace."""
 
+    auth_cache_ttl_s: float = 1.0
+    """How long an authenticated API key (with its workspace's grants and residency) is
+    reused without reading the database. A change committed in the serving process
+    applies at once; one made by another process (the CLI) within this. 0 disables."""
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"

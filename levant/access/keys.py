@@ -167,6 +167,10 @@ def revoke_key(
     return _info(row)
 
 
+def well_formed(presented: str) -> bool:
+    return presented.startswith(KEY_PREFIX) and len(presented) <= MAX_KEY_CHARS
+
+
 def authenticate(
     session: Session, presented: str, secret: bytes, *, now: datetime | None = None
 ) -> Principal:
@@ -174,9 +178,15 @@ def authenticate(
 
     May write ``last_used_at`` (at most once a minute per key): the caller commits.
     """
-    if not presented.startswith(KEY_PREFIX) or len(presented) > MAX_KEY_CHARS:
+    if not well_formed(presented):
         raise KeyRejected("malformed")
-    digest = hash_key(presented, secret)
+    return authenticate_digest(session, hash_key(presented, secret), now=now)[0]
+
+
+def authenticate_digest(
+    session: Session, digest: str, *, now: datetime | None = None
+) -> tuple[Principal, datetime | None]:
+    """``authenticate`` for a key already hashed; also returns the key's expiry."""
     row = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
     # The index lookup already matched; compare_digest keeps the final check
     # constant-time should the lookup ever become a looser one.
@@ -200,11 +210,12 @@ def authenticate(
             .values(last_used_at=now)
             .execution_options(synchronize_session=False)
         )
-    return Principal(
+    principal = Principal(
         workspace_id=row.workspace_id,
         key_id=row.id,
         scopes=Scopes.of(row.allowed_models, row.allowed_endpoints),
     )
+    return principal, row.expires_at
 
 
 def _info(row: ApiKey) -> KeyInfo:

@@ -59,9 +59,11 @@ async def admit(
 ) -> Admission:
     limits = state.limits
     price = card_price(card)
-    applied = await asyncio.to_thread(
-        limits.workspace.applied, principal.workspace_id, principal.key_id, card.id
-    )
+    applied = limits.workspace.applied_cached(principal.workspace_id, principal.key_id, card.id)
+    if applied is None:  # not cached: read the database off the event loop
+        applied = await asyncio.to_thread(
+            limits.workspace.applied, principal.workspace_id, principal.key_id, card.id
+        )
     spend_decision, hold = await limits.spend.reserve(
         principal.workspace_id,
         applied.monthly_budget_micros,

@@ -20,6 +20,7 @@ from levant.access.limits import (
     month_spend_from,
 )
 from levant.access.limits.workspace import WorkspaceLimits
+from levant.access.principal_cache import PrincipalCache
 from levant.access.startup import Platform, open_platform
 from levant.access.usage import UsageWriter
 from levant.api.body_limit import BodyLimitMiddleware
@@ -157,6 +158,7 @@ def create_app(
         limits=make_limits(settings, platform),
         gateway=gateway,
         preload=list(preload or []),
+        principals=PrincipalCache(settings.auth_cache_ttl_s),
     )
 
     @asynccontextmanager

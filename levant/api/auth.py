@@ -17,8 +17,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from levant.access import sessions
-from levant.access.keys import KeyRejected, authenticate
+from levant.access import principal_cache, sessions
+from levant.access.keys import KeyRejected, authenticate_digest, hash_key, well_formed
 from levant.access.policy import workspace_grants, workspace_residency
 from levant.access.principal import Principal, Scopes
 from levant.api.deps import StateDep
@@ -48,17 +48,33 @@ def _unauthorized(message: str, code: str) -> APIError:
     )
 
 
-def _authenticate_sync(state: AppState, key: str | None) -> Principal:
-    """The key's principal with its workspace's grants, in one transaction."""
+ANONYMOUS = ""
+"""The principal cache's key for LEVANT_AUTH=0 (no digest is empty)."""
+
+
+def _authenticate_sync(state: AppState, digest: str | None) -> Principal:
+    """The key's principal with its workspace's grants, in one transaction; cached."""
+    read_gen = principal_cache.generation()
+    expires_at = None
     with state.platform.db.writing() as session:
-        if key is None:  # LEVANT_AUTH=0: everything runs as the default workspace
+        if digest is None:  # LEVANT_AUTH=0: everything runs as the default workspace
             workspace = state.platform.bootstrap.workspace_id
             principal = Principal(workspace_id=workspace, key_id="anonymous", scopes=Scopes())
         else:
-            principal = authenticate(session, key, state.platform.secret)
+            principal, expires_at = authenticate_digest(session, digest)
         grants = workspace_grants(session, principal.workspace_id)
         residency = workspace_residency(session, principal.workspace_id, state.gateway.regions)
-    return replace(principal, grants=grants, residency=residency)
+    principal = replace(principal, grants=grants, residency=residency)
+    state.principals.put(ANONYMOUS if digest is None else digest, principal, expires_at, read_gen)
+    return principal
+
+
+async def _key_principal(state: AppState, digest: str | None) -> Principal:
+    """From the cache when it holds the key (no thread hop, no database), else read."""
+    cached = state.principals.get(ANONYMOUS if digest is None else digest)
+    if cached is not None:
+        return cached
+    return await asyncio.to_thread(_authenticate_sync, state, digest)
 
 
 def _session_sync(state: AppState, token: str) -> sessions.WebIdentity:
@@ -98,7 +114,7 @@ async def _session_principal(request: Request, state: AppState, token: str) -> P
 async def current_principal(request: Request, state: StateDep) -> Principal:
     internal = request.scope.get(INTERNAL_PRINCIPAL)
     if not state.settings.auth and internal is None:
-        return await asyncio.to_thread(_authenticate_sync, state, None)
+        return await _key_principal(state, None)
     header = request.headers.get("authorization", "")
     session_token = request.cookies.get(SESSION_COOKIE)
     if isinstance(internal, Principal):
@@ -111,8 +127,11 @@ async def current_principal(request: Request, state: StateDep) -> Principal:
             raise _unauthorized(
                 "Missing API key: send 'Authorization: Bearer <key>'", "missing_api_key"
             )
+        key = key.strip()
         try:
-            principal = await asyncio.to_thread(_authenticate_sync, state, key.strip())
+            if not well_formed(key):
+                raise KeyRejected("malformed")
+            principal = await _key_principal(state, hash_key(key, state.platform.secret))
         except KeyRejected as exc:
             raise _unauthorized(
                 _REASONS.get(exc.reason, "Invalid API key"), f"{exc.reason}_api_key"

@@ -9,7 +9,9 @@ from fastapi import Depends, Request
 from levant.api.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """Async on purpose: FastAPI runs a sync dependency in a worker thread (a thread hop
+    per request for a dictionary lookup)."""
     state: AppState = request.app.state.levant
     return state
 

@@ -143,6 +143,13 @@ class WorkspaceLimits:
                 self._cache[workspace_id] = (now, rows)
         return rows
 
+    def cached_rows(self, workspace_id: str) -> list[LimitRow] | None:
+        """The rows if the cache holds them fresh, without touching the database."""
+        hit = self._cache.get(workspace_id)
+        if hit is not None and self._clock() - hit[0] < self._ttl:
+            return hit[1]
+        return None
+
     def invalidate(self, workspace_id: str | None = None) -> None:
         """Forget cached rows (one workspace's, or all): the next request reads the database.
 
@@ -157,7 +164,15 @@ class WorkspaceLimits:
 
     def applied(self, workspace_id: str, key_id: str, model: str) -> Applied:
         """Blocking (may read the database): call it from a worker thread."""
-        rows = {(r.key_id, r.model): r for r in self.rows(workspace_id)}
+        return self._pick(self.rows(workspace_id), workspace_id, key_id, model)
+
+    def applied_cached(self, workspace_id: str, key_id: str, model: str) -> Applied | None:
+        """``applied`` when the workspace's rows are cached (never blocks), else None."""
+        rows = self.cached_rows(workspace_id)
+        return None if rows is None else self._pick(rows, workspace_id, key_id, model)
+
+    def _pick(self, found: list[LimitRow], workspace_id: str, key_id: str, model: str) -> Applied:
+        rows = {(r.key_id, r.model): r for r in found}
         budget_row = rows.get((ANY, ANY))
         budget = budget_row.monthly_budget_micros if budget_row else self._default_budget
         for k, m in ((key_id, model), (key_id, ANY), (ANY, model), (ANY, ANY)):
