@@ -29,7 +29,7 @@ from bench.decode import find_model
 from levant.engine.core import LLMEngine
 from levant.engine.protocol import EngineRequest, SamplingParams
 from levant.models.loaders import load_checkpoint
-from levant.models.quantize import quantize_int8
+from levant.models.quantize import quantize_int4, quantize_int8
 from levant.models.transformer import Transformer, build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -39,6 +39,8 @@ def build(path: Path, fmt: str) -> tuple[Transformer, torch.dtype]:
     config, weights = load_checkpoint(path)
     if fmt == "int8":  # int8 weights, float32 everything else
         return quantize_int8(build_model(config, weights)), torch.float32
+    if fmt == "int4":  # int4 block weights (int8 head), float32 everything else
+        return quantize_int4(build_model(config, weights)), torch.float32
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[fmt]
     return build_model(config, weights, dtype=dtype), dtype
 

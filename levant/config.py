@@ -26,8 +26,13 @@ class Settings(BaseSettings):
 
     device: str = "cpu"
     dtype: str = "float32"
-    """float32 | bfloat16 | float16 | int8: compute dtype of the local engine (int8:
-    weight-only int8 linears over float32 activations, via PyTorch's CPU kernels)."""
+    """float32 | bfloat16 | float16 | int8 | int4: compute dtype of the local engine (int8,
+    int4: weight-only quantized linears over float32 activations, via PyTorch's CPU
+    kernels; int4 keeps the output head in int8)."""
+
+    compile: bool = False
+    """Compile the single-stream decode step with ``torch.compile`` at model load (about a
+    minute per model on two cores; a C++ compiler must be installed)."""
 
     kv_cache_gb: float = 1.0
     """Memory for each loaded model's paged KV cache, in GiB."""

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from levant.engine.block_hash import extra_keys
+from levant.engine.compiled_decode import CompiledDecode
 from levant.engine.errors import ContextLengthExceeded
 from levant.engine.kv_cache_manager import KVCacheManager
 from levant.engine.model_runner import ModelRunner
@@ -45,10 +46,13 @@ class LLMEngine:
         max_num_batched_tokens: int = 256,
         max_num_seqs: int = 64,
         enable_prefix_caching: bool = True,
+        compile_decode: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``kv_cache_bytes`` sizes the paged cache (default 1 GiB); ``max_context`` is
-        also capped by it, so that a request alone always fits. ``dtype`` is the cache's."""
+        also capped by it, so that a request alone always fits. ``dtype`` is the cache's.
+        ``compile_decode`` compiles the single-stream decode step (about a minute, here in
+        the constructor)."""
         self.model = model
         self.config = config
         self.device = torch.device(device)
@@ -69,7 +73,10 @@ class LLMEngine:
             clock=clock,
             metrics=self.metrics,
         )
-        self.runner = ModelRunner(model, self.kv_cache, self.device)
+        compiled = CompiledDecode(model) if compile_decode else None
+        if compiled is not None:
+            compiled.warm_up(self.kv_cache)
+        self.runner = ModelRunner(model, self.kv_cache, self.device, compiled)
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 
     @property

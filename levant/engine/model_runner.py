@@ -2,15 +2,18 @@
 
 Flattens the step's requests into one sequence (B = 1) with per-token positions and cache
 slots, runs the model over the paged cache, and samples the rows that end a sequence.
+With a ``CompiledDecode``, a step where a single sequence decodes one token runs compiled.
 """
 
 from __future__ import annotations
 
 import torch
 
+from levant.engine.compiled_decode import CompiledDecode
 from levant.engine.sampler import sample_batch
 from levant.engine.scheduler import ScheduledRequest
 from levant.models.paged_attention import (
+    DecodeAttention,
     PagedAttention,
     PagedKVCache,
     SequenceChunk,
@@ -20,10 +23,17 @@ from levant.models.transformer import Transformer
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, cache: PagedKVCache, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        cache: PagedKVCache,
+        device: torch.device,
+        compiled: CompiledDecode | None = None,
+    ) -> None:
         self.model = model
         self.cache = cache
         self.device = device
+        self.compiled = compiled
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> dict[str, int]:
@@ -49,10 +59,13 @@ class ModelRunner:
             return torch.tensor(xs, dtype=torch.long, device=self.device)
 
         window = self.model.config.sliding_window
-        attend = PagedAttention(
-            self.cache, tensor(slots), plan_attention(chunks, bs, window, self.device)
-        )
-        h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)  # (1, N, dim)
+        groups = plan_attention(chunks, bs, window, self.device)
+        if self.compiled is not None and len(tokens) == len(chunks) == 1:  # one decode
+            decode = DecodeAttention.of(self.cache, tensor(slots), groups[0])
+            h = self.compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
+        else:
+            attend = PagedAttention(self.cache, tensor(slots), groups)
+            h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
         if not sample_rows:
             return {}
         logits = self.model.logits(h[0, sample_rows])  # (R, vocab) float32

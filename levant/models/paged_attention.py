@@ -9,6 +9,10 @@ sequence over its own slots, honouring causality and the sliding window.
 Sequences are attended in groups, one SDPA call per group and layer: every one-token
 (decode) sequence together, padded to the longest context, and each longer chunk on its
 own. ``plan_attention`` builds the groups once per step; every layer reuses them.
+
+``DecodeAttention`` is the same arithmetic for a step where every sequence decodes one
+token, with tensors only (no Python-level groups): what ``torch.compile`` traces once for
+any number of sequences and any context length.
 """
 
 from __future__ import annotations
@@ -156,18 +160,54 @@ class PagedAttention:
         if group.kv_blocks is None:
             kvg = kv[group.rows].view(R, -1, 2 * n_kv_heads, hd)  # (R, Q, 2 * n_kv_heads, hd)
         else:
-            # Whole blocks are contiguous: index_select copies them at memcpy speed.
-            bs = self.cache.block_size
-            kvg = kv_cache.view(-1, bs, 2 * n_kv_heads, hd).index_select(0, group.kv_blocks)
-            kvg = kvg.view(R, -1, 2 * n_kv_heads, hd)  # (R, L, 2 * n_kv_heads, hd)
-        kg, vg = kvg[:, :, :n_kv_heads], kvg[:, :, n_kv_heads:]
-        qg, kg, vg = (t.transpose(1, 2) for t in (qg, kg, vg))  # (R, heads, Q or L, hd)
-        out = F.scaled_dot_product_attention(
-            qg,
-            kg,
-            vg,
-            attn_mask=group.mask,
-            is_causal=group.mask is None and qg.shape[2] > 1,
-            enable_gqa=n_heads != n_kv_heads,
-        )  # (R, n_heads, Q, hd)
-        return out.transpose(1, 2).reshape(-1, n_heads, hd)  # (R * Q, n_heads, hd)
+            kvg = gather_blocks(kv_cache, group.kv_blocks, self.cache.block_size, R)
+        return attend_group(qg, kvg, group.mask)
+
+
+def gather_blocks(kv_cache: torch.Tensor, blocks: torch.Tensor, bs: int, R: int) -> torch.Tensor:
+    """(R * n,) block ids -> (R, n * bs, 2 * n_kv_heads, hd): each sequence's slots in order.
+    Whole blocks are contiguous, so index_select copies them at memcpy speed."""
+    kvg = kv_cache.view(-1, bs, *kv_cache.shape[1:]).index_select(0, blocks)
+    return kvg.view(R, -1, *kv_cache.shape[1:])
+
+
+def attend_group(qg: torch.Tensor, kvg: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """qg (R, Q, n_heads, hd) over kvg (R, L, 2 * n_kv_heads, hd) -> (R * Q, n_heads, hd)."""
+    n_heads, hd, n_kv_heads = qg.shape[2], qg.shape[3], kvg.shape[2] // 2
+    kg, vg = kvg[:, :, :n_kv_heads], kvg[:, :, n_kv_heads:]
+    qg, kg, vg = (t.transpose(1, 2) for t in (qg, kg, vg))  # (R, heads, Q or L, hd)
+    out = F.scaled_dot_product_attention(
+        qg,
+        kg,
+        vg,
+        attn_mask=mask,
+        is_causal=mask is None and qg.shape[2] > 1,
+        enable_gqa=n_heads != n_kv_heads,
+    )  # (R, n_heads, Q, hd)
+    return out.transpose(1, 2).reshape(-1, n_heads, hd)  # (R * Q, n_heads, hd)
+
+
+@dataclass
+class DecodeAttention:
+    """The ``AttentionBackend`` for a step of R sequences that each decode one token, rows
+    0..R-1 in order; the same result as ``PagedAttention`` with one decode group."""
+
+    cache: PagedKVCache
+    slot_mapping: torch.Tensor  # (R,) where each new token's key/value is written
+    kv_blocks: torch.Tensor  # (R * n,) the first n blocks of each sequence's table
+    mask: torch.Tensor  # (R, 1, 1, n * block_size) True where visible
+
+    @classmethod
+    def of(
+        cls, cache: PagedKVCache, slot_mapping: torch.Tensor, group: AttentionGroup
+    ) -> DecodeAttention:
+        assert group.kv_blocks is not None and group.mask is not None
+        return cls(cache, slot_mapping, group.kv_blocks, group.mask)
+
+    def __call__(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        q, kv = q[0], kv[0]  # (R, n_heads, head_dim), (R, 2 * n_kv_heads, head_dim)
+        kv_cache = self.cache.kv[layer]
+        kv_cache.index_copy_(0, self.slot_mapping, kv)
+        R = q.shape[0]
+        kvg = gather_blocks(kv_cache, self.kv_blocks, self.cache.block_size, R)
+        return attend_group(q[:, None], kvg, self.mask)[None]  # (1, R, n_heads, head_dim)

@@ -92,14 +92,22 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -
     return torch.where(is_medium, smoothed, scaled)
 
 
-def apply_rotary_emb(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs: x (B, T, n_heads, head_dim), freqs_cis (T, head_dim // 2) complex.
+def rotary_table(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """(T,) positions -> (T, head_dim // 2, 2) float32: cos and sin of each pair's angle."""
+    angles = torch.outer(positions.float(), inv_freq)  # (T, head_dim // 2)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
 
-    Each pair (x[2i], x[2i+1]) is the complex number x[2i] + j x[2i+1], rotated by
-    multiplying with e^(j * angle) -- one complex multiply instead of four real ones.
+
+def apply_rotary_emb(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs: x (B, T, n_heads, head_dim), rope (T, head_dim // 2, 2).
+
+    Each pair (x[2i], x[2i+1]) is the complex number x[2i] + j x[2i+1], multiplied by
+    e^(j * angle), written out in real arithmetic (which ``torch.compile`` can fuse).
     """
-    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, h, hd // 2)
-    out = torch.view_as_real(xc * freqs_cis[None, :, None, :])  # (B, T, h, hd // 2, 2)
+    pairs = x.float().view(*x.shape[:-1], -1, 2)  # (B, T, h, hd // 2, 2)
+    re, im = pairs.unbind(-1)
+    cos, sin = rope[None, :, None].unbind(-1)  # (1, T, 1, hd // 2) each
+    out = torch.stack([re * cos - im * sin, re * sin + im * cos], dim=-1)
     return out.flatten(-2).type_as(x)
 
 
@@ -214,15 +222,15 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        freqs_cis: torch.Tensor,
+        rope: torch.Tensor,
         attend: AttentionBackend,
         layer: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, dim)
         qkv = self.qkv(x)
-        # Queries and keys are rotated together (one complex multiply), in place.
+        # Queries and keys are rotated together (one fused rotation), in place.
         qk = qkv[:, :, : self.n_heads + self.n_kv_heads]
-        qk.copy_(apply_rotary_emb(qk, freqs_cis))
+        qk.copy_(apply_rotary_emb(qk, rope))
         q, kv = qkv[:, :, : self.n_heads], qkv[:, :, self.n_heads :]
         out = attend(layer, q, kv)  # (B, T, n_heads, head_dim)
         y: torch.Tensor = self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
@@ -269,10 +277,10 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        freqs_cis: torch.Tensor,
+        rope: torch.Tensor,
         attend: AttentionBackend,
     ) -> torch.Tensor:
-        h: torch.Tensor = x + self.attention(self.attention_norm(x), freqs_cis, attend, self.layer)
+        h: torch.Tensor = x + self.attention(self.attention_norm(x), rope, attend, self.layer)
         out: torch.Tensor = h + self.feed_forward(self.ffn_norm(h))
         return out
 
@@ -328,11 +336,10 @@ class Transformer(nn.Module):
         The positions need not be contiguous: a flattened batch of several sequences is
         B = 1 with each token at its own position, and ``attend`` knows the sequences.
         """
-        angles = torch.outer(positions.float(), self.inv_freq)  # (T, head_dim // 2)
-        freqs_cis = torch.polar(torch.ones_like(angles), angles)  # e^(j * angle), complex64
+        rope = rotary_table(positions, self.inv_freq)  # (T, head_dim // 2, 2)
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for layer in self.layers:
-            h = layer(h, freqs_cis, attend)
+            h = layer(h, rope, attend)
         out: torch.Tensor = self.norm(h)
         return out
 

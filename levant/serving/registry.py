@@ -33,14 +33,19 @@ from levant.embeddings import EmbeddingService, load_embedding_service
 from levant.engine.async_engine import AsyncEngine
 from levant.engine.core import LLMEngine
 from levant.models.loaders import load_checkpoint
-from levant.models.quantize import quantize_int8
+from levant.models.quantize import quantize_int4, quantize_int8
 from levant.models.tokenizers.loader import load_tokenizer
-from levant.models.transformer import build_model
+from levant.models.transformer import Transformer, build_model
 from levant.serving.service import ModelService
 
 log = logging.getLogger("levant.serving")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Weight-only formats: float32 activations, quantized linears applied after loading.
+_QUANTIZERS: dict[str, Callable[[Transformer], Transformer]] = {
+    "int8": quantize_int8,
+    "int4": quantize_int4,
+}
 
 Service = ModelService | EmbeddingService
 
@@ -210,11 +215,11 @@ class ModelRegistry:
     def _load_generator(self, card: ModelCard, path: Path) -> ModelService:
         s = self.settings
         config, state_dict = load_checkpoint(path)
-        int8 = s.dtype == "int8"
-        dtype = torch.float32 if int8 else _DTYPES[s.dtype]
+        quantize = _QUANTIZERS.get(s.dtype)
+        dtype = torch.float32 if quantize else _DTYPES[s.dtype]
         model = build_model(config, state_dict, dtype=dtype, device=s.device)
-        if int8:
-            quantize_int8(model)
+        if quantize is not None:
+            quantize(model)
         engine = LLMEngine(
             model,
             config,
@@ -224,6 +229,7 @@ class ModelRegistry:
             model_id=card.id,
             kv_cache_bytes=int(s.kv_cache_gb * (1 << 30)),
             max_num_batched_tokens=s.max_batched_tokens,
+            compile_decode=s.compile,
         )
         log.info(
             "%s: KV cache holds %d tokens of context across all requests (%.2f GiB, %s)",

@@ -1,20 +1,31 @@
-"""Weight-only int8: both kernels (int8 for small steps, the dense bf16 copy for large ones)
-compute x @ dequantize(W).T, and the real SmolLM2 stays close to its float32 self.
+"""Weight-only int8 and int4: both kernels of each (the quantized one for small steps, the
+dense bf16 copy for large ones) compute x @ dequantize(W).T, int4 gives back a GGUF Q4_1
+checkpoint's own 4-bit codes, and the real SmolLM2 stays close to its float32 self.
 
-The reference is plain float32 arithmetic on the dequantized weights (q * scale), written
-here, not the module under test; tolerances are bf16's (the activations are cast to bf16).
+The reference is plain float32 arithmetic on the dequantized weights (q * scale, or Q4_1's
+q * d + min), written here, not the module under test; tolerances are bf16's (the
+activations are cast to bf16).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from gguf import GGUFReader
 from torch import nn
 
 from levant.models.loaders import load_checkpoint
-from levant.models.quantize import DENSE_ABOVE, Int8Linear, quantize_int8
+from levant.models.quantize import (
+    DENSE_ABOVE,
+    GROUP_SIZE,
+    Int4Linear,
+    Int8Linear,
+    quantize_int4,
+    quantize_int8,
+)
 from levant.models.transformer import build_model
 
 
@@ -68,3 +79,87 @@ def test_int8_smollm2_agrees_with_float32(smollm2_gguf: Path) -> None:
     )
     assert kl < 0.05
     assert one.argmax(-1).item() == expected[0].argmax(-1).item()
+
+
+# --- int4 -------------------------------------------------------------------------------
+
+
+def expected_int4(weight: torch.Tensor, group: int = GROUP_SIZE) -> torch.Tensor:
+    """GGUF Q4_1's arithmetic, written out: per group of ``group`` inputs, d = (max - min)
+    / 15, q = round((w - min) / d), w' = q * d + min -- with d and the kernel's zero point
+    (the value at q = 8) rounded to bf16, as the layer stores them."""
+    out, k = weight.shape
+    g = weight.float().view(out, k // group, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    d = (hi - lo) / 15
+    q = torch.round((g - lo) / d).clamp(0, 15)
+    d16, zero16 = d.bfloat16().float(), (lo + 8 * d).bfloat16().float()
+    return ((q - 8) * d16 + zero16).view(out, k)
+
+
+@pytest.mark.parametrize("rows", [1, 3, DENSE_ABOVE, DENSE_ABOVE + 1, 64])
+def test_int4_kernels_compute_the_q4_1_matmul(rows: int) -> None:
+    g = torch.Generator().manual_seed(100 + rows)
+    weight = torch.randn(96, 128, generator=g)
+    x = torch.randn(rows, 128, generator=g)
+    layer = Int4Linear(weight)
+    deq = expected_int4(weight)
+    torch.testing.assert_close(layer.dequantized(), deq, rtol=0, atol=1e-6)
+    expected = x.to(torch.bfloat16).float() @ deq.T
+    got = layer(x)
+    assert got.dtype == torch.float32 and got.shape == (rows, 96)
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+
+
+def test_int4_error_is_about_half_a_step() -> None:
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(1))
+    deq = Int4Linear(weight).dequantized()
+    groups = weight.view(32, 2, GROUP_SIZE)
+    step = ((groups.amax(-1) - groups.amin(-1)) / 15).repeat_interleave(GROUP_SIZE, 1)
+    # bf16 scale and zero add at most 8 * 2^-8 steps plus 2^-8 of the zero's size.
+    bound = 0.5 * step + 8 * step * 2**-8 + (weight.abs() + 8 * step) * 2**-8 + 1e-6
+    assert ((deq - weight).abs() <= bound).all()
+    assert (deq - weight).abs().max() > 0.1 * step.max()  # it did quantize
+
+
+def test_int4_refuses_a_width_that_is_not_whole_groups() -> None:
+    with pytest.raises(ValueError, match="divisible by 32"):
+        Int4Linear(torch.randn(8, 40))
+
+
+@pytest.mark.slow
+def test_int4_recovers_the_gguf_q4_1_codes_and_agrees_with_float32(smollm2_gguf: Path) -> None:
+    config, weights = load_checkpoint(smollm2_gguf)
+    fp32 = build_model(config, weights)
+    int4 = quantize_int4(build_model(config, weights, fuse=False))
+    assert all(not isinstance(m, nn.Linear) for m in int4.layers.modules())
+    assert isinstance(int4.output, Int8Linear)
+    # The checkpoint's own 4-bit codes for blk.0.ffn_down (Q4_1: f16 d, f16 m, 16 bytes of
+    # nibbles per 32 weights, low nibbles first), read here from the raw GGUF bytes.
+    tensor = next(t for t in GGUFReader(smollm2_gguf).tensors if t.name == "blk.0.ffn_down.weight")
+    assert tensor.tensor_type.name == "Q4_1"
+    blocks = np.asarray(tensor.data).reshape(-1, 20)[:, 4:]
+    codes = np.concatenate([blocks & 0x0F, blocks >> 4], axis=-1).reshape(576, 1536)
+    w2 = int4.layers[0].feed_forward.w2
+    assert isinstance(w2, Int4Linear)
+    got = torch.round((w2.dequantized() - zeros_of(w2)) / scales_of(w2)) + 8
+    assert (got.to(torch.int64).numpy() == codes).all()
+    tokens = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365] * 4])
+    with torch.no_grad():
+        expected = fp32(tokens, 0)[0]  # (40, vocab): a 40-row step, the dense bf16 path
+        got_logits = int4(tokens, 0)[0]
+        one = int4(tokens[:, :1], 0)[0]  # a 1-row step, the int4 kernel
+    assert (got_logits.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
+    kl = torch.nn.functional.kl_div(
+        got_logits.log_softmax(-1), expected.log_softmax(-1), log_target=True, reduction="batchmean"
+    )
+    assert kl < 0.05
+    assert one.argmax(-1).item() == expected[0].argmax(-1).item()
+
+
+def scales_of(layer: Int4Linear) -> torch.Tensor:
+    return layer.scales_and_zeros[..., 0].float().T.repeat_interleave(GROUP_SIZE, 1)
+
+
+def zeros_of(layer: Int4Linear) -> torch.Tensor:
+    return layer.scales_and_zeros[..., 1].float().T.repeat_interleave(GROUP_SIZE, 1)
