@@ -40,7 +40,7 @@ Peers:
 Run (defaults are the full grid; ~25 minutes on a 2-core CPU)::
 
     python -m bench.serving
-    python -m bench.serving --servers levant,llama --levant-dtype float32,int8
+    python -m bench.serving --servers levant,llama --levant-dtype float32,int8,int4+compile
     python -m bench.serving --quick        # smoke test: c=1,2, 8 new tokens, 2 requests
 
 Prints one markdown table per scenario and appends the run to
@@ -630,13 +630,16 @@ def drive(
     return out
 
 
-def run_levant(cfg: Config, dtype: str, workloads: dict[str, Workload]) -> dict[str, Any]:
-    label = f"levant {dtype}"
+def run_levant(cfg: Config, spec: str, workloads: dict[str, Workload]) -> dict[str, Any]:
+    """``spec``: a LEVANT_DTYPE, ``+compile`` for LEVANT_COMPILE=1 (e.g. ``int4+compile``)."""
+    label = f"levant {spec}"
+    dtype, _, extra = spec.partition("+")
     env = {
         "LEVANT_HOME": str(cfg.levant_home),
         "LEVANT_AUTH": "0",
         "LEVANT_THREADS": str(cfg.threads),
         "LEVANT_DTYPE": dtype,
+        "LEVANT_COMPILE": "1" if extra == "compile" else "0",
         "LEVANT_DEFAULT_MODEL": MODEL,
         **cfg.levant_env,
     }
@@ -959,7 +962,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--servers", default="levant,llama,transformers")
     parser.add_argument(
-        "--levant-dtype", default="float32", help="comma list: one Levant run per dtype"
+        "--levant-dtype",
+        default="float32",
+        help="comma list: one Levant run per dtype; DTYPE+compile sets LEVANT_COMPILE=1",
     )
     parser.add_argument(
         "--requests-per-level",

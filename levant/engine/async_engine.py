@@ -1,10 +1,16 @@
 """AsyncEngine: the engine behind an asyncio-friendly interface.
 
 One worker thread runs ``LLMEngine.step()`` while any request is unfinished, so the event
-loop never blocks on a forward pass. Requests and aborts reach it through a command
-queue that is drained before every step: a request whose consumer left before it was
-scheduled never runs; a running one stops, its blocks freed, within one step. Admission
-is bounded: past ``max_waiting_requests`` / ``max_waiting_tokens`` not yet started,
+loop never blocks on a forward pass. It is the one thread of the process that runs
+parallel torch work: it sets the torch thread count and warms the engine up (compiles)
+before the constructor returns. Whoever loaded the model should have done it with one
+torch thread (``single_threaded``): a second OpenMP thread team alive in the process
+(libgomp keeps one per thread that ever ran a parallel region) halved the speed of the
+engine's team here, two teams contending for two cores.
+
+Requests and aborts reach the worker through a command queue that is drained before every
+step: a request whose consumer left before it was scheduled never runs; a running one
+stops, its blocks freed, within one step. Admission is bounded: past ``max_waiting_requests`` / ``max_waiting_tokens`` not yet started,
 ``generate`` raises ``EngineOverloaded`` at once.
 """
 
@@ -14,8 +20,11 @@ import asyncio
 import math
 import threading
 from collections import defaultdict, deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+
+import torch
 
 from levant.engine.core import LLMEngine
 from levant.engine.errors import ContextLengthExceeded, EngineOverloaded
@@ -46,9 +55,11 @@ class AsyncEngine:
         *,
         max_waiting_requests: int = 256,
         max_waiting_tokens: int | None = None,
+        threads: int | None = None,
     ) -> None:
         """``max_waiting_tokens`` (prompt tokens of admitted requests without output yet)
-        defaults to twice the KV cache's capacity."""
+        defaults to twice the KV cache's capacity; ``threads``: torch intra-op threads of
+        the worker (None: torch's default, one per core)."""
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests
         self.max_waiting_tokens = max_waiting_tokens or 2 * engine.kv_cache_tokens
@@ -59,8 +70,14 @@ class AsyncEngine:
         self._waiting_tokens = 0
         self._wake = threading.Event()
         self._stopping = False
+        self._threads = threads
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
         self._worker = threading.Thread(target=self._work, name="levant-engine", daemon=True)
         self._worker.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
 
     @property
     def num_in_flight(self) -> int:
@@ -153,7 +170,21 @@ class AsyncEngine:
         rate = max(self.engine.tokens_per_second, 1.0)
         return max(1, min(60, math.ceil(self._waiting_tokens / rate)))
 
+    def _start(self) -> bool:
+        try:
+            if self._threads is not None:
+                torch.set_num_threads(self._threads)
+            self.engine.warm_up()
+        except Exception as exc:  # raised by the constructor
+            self._startup_error = exc
+            return False
+        finally:
+            self._ready.set()
+        return True
+
     def _work(self) -> None:
+        if not self._start():
+            return
         while not self._stopping:
             self._apply_commands()
             if not self.engine.has_unfinished_requests():
@@ -218,3 +249,15 @@ class AsyncEngine:
 def _put_all(puts: list[tuple[asyncio.Queue[_Item], _Item]]) -> None:
     for queue, item in puts:
         queue.put_nowait(item)
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """Torch on one thread in this block, on this thread (loading a model, say), so that
+    the engine's worker holds the process's only multi-threaded OpenMP team."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -51,8 +51,8 @@ class LLMEngine:
     ) -> None:
         """``kv_cache_bytes`` sizes the paged cache (default 1 GiB); ``max_context`` is
         also capped by it, so that a request alone always fits. ``dtype`` is the cache's.
-        ``compile_decode`` compiles the single-stream decode step (about a minute, here in
-        the constructor)."""
+        ``compile_decode`` compiles the single-stream decode step (about a minute), in
+        ``warm_up`` or else at the first such step."""
         self.model = model
         self.config = config
         self.device = torch.device(device)
@@ -74,10 +74,14 @@ class LLMEngine:
             metrics=self.metrics,
         )
         compiled = CompiledDecode(model) if compile_decode else None
-        if compiled is not None:
-            compiled.warm_up(self.kv_cache)
         self.runner = ModelRunner(model, self.kv_cache, self.device, compiled)
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
+
+    def warm_up(self) -> None:
+        """Compile what is compiled, on the calling thread (the one that will step: Inductor
+        builds its kernels for that thread's torch thread count)."""
+        if self.runner.compiled is not None:
+            self.runner.compiled.warm_up(self.kv_cache)
 
     @property
     def kv_cache_tokens(self) -> int:

@@ -30,7 +30,7 @@ from levant.catalog.catalog import Catalog
 from levant.catalog.store import ModelStore
 from levant.config import Settings
 from levant.embeddings import EmbeddingService, load_embedding_service
-from levant.engine.async_engine import AsyncEngine
+from levant.engine.async_engine import AsyncEngine, single_threaded
 from levant.engine.core import LLMEngine
 from levant.models.loaders import load_checkpoint
 from levant.models.quantize import quantize_int4, quantize_int8
@@ -214,23 +214,24 @@ class ModelRegistry:
 
     def _load_generator(self, card: ModelCard, path: Path) -> ModelService:
         s = self.settings
-        config, state_dict = load_checkpoint(path)
-        quantize = _QUANTIZERS.get(s.dtype)
-        dtype = torch.float32 if quantize else _DTYPES[s.dtype]
-        model = build_model(config, state_dict, dtype=dtype, device=s.device)
-        if quantize is not None:
-            quantize(model)
-        engine = LLMEngine(
-            model,
-            config,
-            max_context=card.max_context_length,
-            device=s.device,
-            dtype=dtype,
-            model_id=card.id,
-            kv_cache_bytes=int(s.kv_cache_gb * (1 << 30)),
-            max_num_batched_tokens=s.max_batched_tokens,
-            compile_decode=s.compile,
-        )
+        with single_threaded():  # the engine's worker is the one multi-threaded torch user
+            config, state_dict = load_checkpoint(path)
+            quantize = _QUANTIZERS.get(s.dtype)
+            dtype = torch.float32 if quantize else _DTYPES[s.dtype]
+            model = build_model(config, state_dict, dtype=dtype, device=s.device)
+            if quantize is not None:
+                quantize(model)
+            engine = LLMEngine(
+                model,
+                config,
+                max_context=card.max_context_length,
+                device=s.device,
+                dtype=dtype,
+                model_id=card.id,
+                kv_cache_bytes=int(s.kv_cache_gb * (1 << 30)),
+                max_num_batched_tokens=s.max_batched_tokens,
+                compile_decode=s.compile,
+            )
         log.info(
             "%s: KV cache holds %d tokens of context across all requests (%.2f GiB, %s)",
             card.id,
@@ -238,7 +239,9 @@ class ModelRegistry:
             s.kv_cache_gb,
             s.dtype,
         )
-        async_engine = AsyncEngine(engine, max_waiting_requests=s.max_waiting_requests)
+        async_engine = AsyncEngine(
+            engine, max_waiting_requests=s.max_waiting_requests, threads=s.threads
+        )
         return ModelService(card, load_tokenizer(path), async_engine, timeout_s=s.request_timeout_s)
 
     def shutdown(self) -> None:
