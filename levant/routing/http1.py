@@ -54,6 +54,7 @@ class _Connection(asyncio.Protocol):
         self.headers: dict[str, str] = {}
         self.headers_done = False
         self.complete = False
+        self.keep_alive = False
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.error: Exception | None = None
@@ -118,6 +119,7 @@ class _Connection(asyncio.Protocol):
         if self.status < 200:
             return
         self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()  # only valid until the next message
         self._wake()
 
     # the exchange
@@ -168,7 +170,7 @@ class _Connection(asyncio.Protocol):
             and not self.closed
             and self.error is None
             and not self.chunks
-            and self.parser.should_keep_alive()
+            and self.keep_alive
         )
 
     def close(self) -> None:
