@@ -36,6 +36,7 @@ from levant.api.errors import APIError, error_body
 from levant.api.models_lookup import card_for
 from levant.api.schemas.chat import ChatCompletionRequest
 from levant.api.state import AppState
+from levant.api.streaming import DONE
 from levant.api.upstream_chat import SSE, Reply, UpstreamCall, policy_error, upstream_error
 from levant.routing import DeploymentFailure, NoDeploymentInPolicy, Routed
 
@@ -201,10 +202,16 @@ async def _stream(
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for block in events:
-            await send({"type": "http.response.body", "body": block, "more_body": True})
-        finishing = True
-        watcher.cancel()
-        await send({"type": "http.response.body", "body": b""})
+            if block.endswith(DONE):  # the last: send it with the body's end (one write)
+                finishing = True
+                watcher.cancel()
+                await send({"type": "http.response.body", "body": block})
+            else:
+                await send({"type": "http.response.body", "body": block, "more_body": True})
+        if not finishing:
+            finishing = True
+            watcher.cancel()
+            await send({"type": "http.response.body", "body": b""})
     except asyncio.CancelledError:
         if not left:
             raise

@@ -65,12 +65,18 @@ class SSE:
     async def relay(self) -> AsyncGenerator[bytes, None]:
         """Pass the upstream's events on (a block per network read); meter at the end.
 
-        Closed early (the client left), the request is metered as cancelled.
+        The last block ends with ``[DONE]``. Closed early (the client left), the
+        request is metered as cancelled.
         """
         status: Status = "cancelled"
         call, stream = self.call, self.stream
+        ended = False
         try:
             async for block in stream.blocks():
+                if stream.done and not ended:  # the upstream's [DONE] came in this block
+                    ended = True
+                    yield block + DONE  # one write less
+                    continue
                 yield block
             status = "ok"
         except DeploymentFailure as exc:  # cut mid-stream: final, reported in-band
@@ -81,7 +87,8 @@ class SSE:
         finally:
             await stream.aclose()
             call.meter(self.deployment, stream.usage, status)
-        yield DONE
+        if not ended:
+            yield DONE
 
 
 @dataclass

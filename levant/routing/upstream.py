@@ -172,6 +172,11 @@ def _in_band_error(data: dict[str, Any]) -> bool:
     return data.get("object") == "error" or "error" in data
 
 
+@dataclass(slots=True)
+class _Progress:
+    done: bool = False
+
+
 def _last_usage(chunks: list[UpstreamChunk]) -> Usage | None:
     for chunk in reversed(chunks):
         if "usage" in chunk.data:
@@ -198,6 +203,7 @@ class UpstreamStream:
         events: AsyncGenerator[list[UpstreamChunk], None],
         first: list[UpstreamChunk] | None,
         served: Served,
+        progress: _Progress | None = None,
     ) -> None:
         self.deployment = deployment
         self.served = served
@@ -205,6 +211,12 @@ class UpstreamStream:
         self._response = response
         self._events = events
         self._first = first
+        self._progress = progress or _Progress()
+
+    @property
+    def done(self) -> bool:
+        """Whether the upstream's ``[DONE]`` has been read (true when its block is yielded)."""
+        return self._progress.done
 
     def __aiter__(self) -> AsyncIterator[UpstreamChunk]:
         return self._iterate()
@@ -423,7 +435,8 @@ class UpstreamClient:
                 except httpx.HTTPError as exc:
                     raise self._transport_error(exc, started=False) from exc
                 raise self._status_error(response)
-            events = self._events(response)
+            progress = _Progress()
+            events = self._events(response, progress)
             try:
                 first = await anext(events, None)
             except BaseException:
@@ -434,9 +447,12 @@ class UpstreamClient:
         except BaseException:
             await response.aclose()
             raise
-        return UpstreamStream(self.name, response, events, first, Served.of(response, attempt))
+        served = Served.of(response, attempt)
+        return UpstreamStream(self.name, response, events, first, served, progress)
 
-    async def _events(self, response: _Response) -> AsyncGenerator[list[UpstreamChunk], None]:
+    async def _events(
+        self, response: _Response, progress: _Progress
+    ) -> AsyncGenerator[list[UpstreamChunk], None]:
         """The stream's events, a list per block of bytes read (never an empty list)."""
         started = False  # set once a chunk has been yielded, i.e. may have reached the client
         finished = False
@@ -468,7 +484,7 @@ class UpstreamClient:
                     payload = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
                     data_lines = []
                     if payload == _DONE:
-                        done = True
+                        done = progress.done = True
                         break
                     chunk, broken = self._chunk(payload, started=started or bool(out))
                     if broken is not None:
