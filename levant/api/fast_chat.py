@@ -94,9 +94,9 @@ class FastChat:
         if not self.models or INTERNAL_PRINCIPAL in scope:
             await self.fallback(scope, receive, send)
             return
-        length = _content_length(scope)
-        if length is not None and length > self.max_bytes:
-            await self.fallback(scope, receive, send)  # refused there, with its 413
+        length, json_body = _framing(scope)
+        if not json_body or (length is not None and length > self.max_bytes):
+            await self.fallback(scope, receive, send)  # e.g. refused there, with its 413
             return
         parts: list[bytes] = []
         size = 0
@@ -229,11 +229,17 @@ async def _error(err: APIError, dialect: Dialect, send: Send) -> None:
     await send({"type": "http.response.body", "body": payload})
 
 
-def _content_length(scope: Scope) -> int | None:
+def _framing(scope: Scope) -> tuple[int | None, bool]:
+    """The Content-Length, and whether FastAPI would read the body as JSON (no
+    Content-Type, or plain ``application/json``; rarer spellings go to FastAPI)."""
+    length: int | None = None
+    json_body = True
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            length = int(value) if value.isdigit() else None
+        elif name == b"content-type":
+            json_body = value == b"application/json" or value.startswith(b"application/json;")
+    return length, json_body
 
 
 def _dialect(request: Request) -> Dialect:

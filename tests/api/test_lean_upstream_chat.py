@@ -153,6 +153,20 @@ def test_client_errors_are_the_routes(gateways: tuple[LiveServer, LiveServer], b
         assert a.status_code >= 400 and a.json() == b.json()
 
 
+def test_a_body_not_sent_as_json_is_the_routes(gateways: tuple[LiveServer, LiveServer]) -> None:
+    body = json.dumps({"model": DEFAULT_MODEL, "messages": MESSAGES}).encode()
+    responses = []
+    for server in gateways:
+        with server.client() as client:
+            responses.append(
+                client.post(
+                    "/v1/chat/completions", content=body, headers={"content-type": "text/plain"}
+                )
+            )
+    a, b = responses
+    assert a.status_code == b.status_code == 422 and a.json() == b.json()
+
+
 def test_bad_key_is_the_routes(gateways: tuple[LiveServer, LiveServer]) -> None:
     body = {"model": DEFAULT_MODEL, "messages": MESSAGES}
     a, b = _both(gateways, body, lean_serves=False, authorization="Bearer lv-nope")
