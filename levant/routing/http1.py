@@ -30,9 +30,10 @@ from urllib.parse import urlsplit
 import httptools
 import httpx
 
-KEEPALIVE_EXPIRY_S = 5.0
-"""An idle connection older than this is closed, not reused (httpx's default too): a
-server's idle timeout is then unlikely to close it under a request."""
+KEEPALIVE_EXPIRY_S = 4.0
+"""An idle connection older than this is closed, not reused: below the common 5 s idle
+timeout of servers (uvicorn's, httpx's own expiry), so a server is unlikely to close a
+connection just as a request goes out on it."""
 HIGH_WATER = 256 * 1024
 """Buffered body bytes past which the socket stops being read until the reader catches up."""
 
@@ -41,7 +42,7 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection carrying one exchange at a time."""
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = self._loop = asyncio.get_running_loop()
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -304,8 +305,12 @@ class Http1Pool:
         if self._closed:
             raise httpx.ConnectError("the upstream client is closed")
         now = time.monotonic()
+        loop = asyncio.get_running_loop()
         while self._idle:
             conn = self._idle.pop()
+            if conn.loop is not loop:  # made under another event loop: unusable here
+                self._open -= 1
+                continue
             if (
                 not conn.closed
                 and not conn.got_bytes

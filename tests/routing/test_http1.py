@@ -184,3 +184,34 @@ async def test_idle_connection_closed_by_the_server_is_not_reused() -> None:
         await asyncio.sleep(0.05)
         assert (await read(pool))[0] == 200
         assert server.connections == 2
+
+
+def test_a_connection_left_idle_by_another_event_loop_is_not_reused() -> None:
+    import threading
+
+    ready = threading.Event()
+    server = Server(fixed)
+    holder: dict[str, object] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            holder["pool"] = await server.__aenter__()
+            ready.set()
+            while not holder.get("stop"):
+                await asyncio.sleep(0.01)
+            await server.__aexit__()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    pool = holder["pool"]
+    assert isinstance(pool, Http1Pool)
+    try:
+        assert asyncio.run(read(pool))[0] == 200  # leaves its connection idle in the pool
+        assert asyncio.run(read(pool))[0] == 200  # another loop: a new connection
+        assert server.connections == 2
+    finally:
+        holder["stop"] = True
+        thread.join(5)
