@@ -38,6 +38,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -243,13 +244,17 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 90.0) -
 
 
 def spawn(
-    stack: ExitStack, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None
+    stack: ExitStack,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    stop_signal: int = signal.SIGTERM,
 ) -> subprocess.Popen[bytes]:
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
 
     def stop() -> None:
-        proc.terminate()
+        proc.send_signal(stop_signal)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -339,7 +344,10 @@ max_retries = 0
         argv = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "levant.cli", *serve]
     else:
         argv = [*levant, *serve]
-    proc = spawn(stack, argv, env=env, log=workdir / "levant.log")
+    # uvicorn re-raises the signal it shut down on: SIGTERM would then kill the process
+    # before cProfile writes its file; SIGINT ends it with a KeyboardInterrupt, after.
+    stop = signal.SIGINT if profile is not None else signal.SIGTERM
+    proc = spawn(stack, argv, env=env, log=workdir / "levant.log", stop_signal=stop)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:

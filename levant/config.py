@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     limits_cache_ttl_s: float = 5.0
     """How long stored limits and month-to-date spend are cached per workspace."""
 
+    lean_upstream_chat: bool = True
+    """Serve ``POST /v1/chat/completions`` for models only upstreams serve on the lean
+    ASGI path (``levant.api.fast_chat``: same checks, answers and usage rows as the
+    FastAPI route, without its layers). ``LEVANT_LEAN_UPSTREAM_CHAT=0`` sends every
+    request through FastAPI."""
+
     auth_cache_ttl_s: float = 1.0
     """How long an authenticated API key (with its workspace's grants and residency) is
     reused without reading the database. A change committed in the serving process

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -176,7 +176,7 @@ class UsageWriter:
 
     def _write(self, batch: list[UsageRecord]) -> int:
         """Write a batch; returns how many records had to be given up."""
-        rows = [asdict(record) for record in batch]
+        rows = [{f: getattr(record, f) for f in _FIELDS} for record in batch]
         delay = 0.05
         while True:
             try:
@@ -212,6 +212,10 @@ class UsageWriter:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
                 conn.execute(self._insert, rows)
+
+
+_FIELDS = tuple(f.name for f in fields(UsageRecord))
+"""A record's columns; read with getattr (``asdict`` deep-copies, several times slower)."""
 
 
 def _insert_ignoring_duplicates(dialect: str) -> Insert:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from levant import __version__
 from levant.access.limits import (
@@ -25,6 +26,7 @@ from levant.access.startup import Platform, open_platform
 from levant.access.usage import UsageWriter
 from levant.api.body_limit import BodyLimitMiddleware
 from levant.api.errors import install_error_handlers
+from levant.api.fast_chat import CHAT_PATH, FastChat
 from levant.api.gateway import build_gateway
 from levant.api.routes import (
     batch,
@@ -107,6 +109,31 @@ async def _retention_loop(state: AppState, every_s: float = 3600.0) -> None:
         await asyncio.sleep(every_s)
 
 
+class LevantAPI(FastAPI):
+    """The FastAPI app, with chat completions for upstream-only models on a lean path.
+
+    ``fast_chat`` (when set) sees every ``POST /v1/chat/completions`` first and
+    hands what it does not serve to the app as usual (see ``api/fast_chat.py``).
+    """
+
+    fast_chat: FastChat | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fast = self.fast_chat
+        if (
+            fast is not None
+            and scope["type"] == "http"
+            and scope["path"] == CHAT_PATH
+            and scope["method"] == "POST"
+        ):
+            await fast(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    async def through_fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def make_limits(settings: Settings, platform: Platform) -> Limits:
     limiter: Limiter
     if settings.redis_url:
@@ -181,10 +208,12 @@ def create_app(
         state.usage.close(timeout=10)
         state.platform.close()
 
-    app = FastAPI(
+    app = LevantAPI(
         title="Levant", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
     )
     app.state.levant = state
+    if settings.lean_upstream_chat:
+        app.fast_chat = FastChat(state, app.through_fastapi)
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,

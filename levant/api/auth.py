@@ -136,7 +136,7 @@ async def current_principal(request: Request, state: StateDep) -> Principal:
             raise _unauthorized(
                 _REASONS.get(exc.reason, "Invalid API key"), f"{exc.reason}_api_key"
             ) from None
-    endpoint = request.url.path
+    endpoint = _path(request)
     if not principal.scopes.allows_endpoint(endpoint):
         raise APIError(
             403,
@@ -145,6 +145,15 @@ async def current_principal(request: Request, state: StateDep) -> Principal:
             code="endpoint_not_allowed",
         )
     return principal
+
+
+def _path(request: Request) -> str:
+    """``request.url.path`` without building the whole URL (host parsing included) when
+    the raw path has nothing the URL would escape."""
+    path: str = request.scope["path"]
+    if "?" in path or "#" in path or "\\" in path:
+        return request.url.path
+    return path
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -6,6 +6,11 @@ workspace's limits (prompt size estimated from the text, corrected with the
 upstream's reported usage), passes the response or stream through unchanged,
 and writes the usage row naming the deployment and its region. Prompt and
 completion text are never logged or stored here.
+
+``UpstreamCall.serve`` returns what to answer (``Reply``: a JSON body, or an
+``SSE`` relay) without committing to a response class: the FastAPI route wraps
+it in a Response (``attempt``), the lean ASGI path (``fast_chat``) writes it
+to the socket itself.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +32,8 @@ from levant.api.metering import Status, record_usage
 from levant.api.state import AppState
 from levant.api.streaming import DONE, sse_event, sse_response
 from levant.catalog.card import ModelCard
-from levant.routing import Deployment, DeploymentFailure, UpstreamError
-from levant.routing.upstream import Usage
+from levant.routing import Deployment, DeploymentFailure, NoDeploymentInPolicy, UpstreamError
+from levant.routing.upstream import UpstreamStream, Usage
 from levant.serving.service import GenerationStats
 
 CHARS_PER_TOKEN = 4
@@ -38,6 +43,52 @@ CHARS_PER_TOKEN = 4
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     text = json.dumps(body.get("messages") or [], ensure_ascii=False)
     return max(1, len(text) // CHARS_PER_TOKEN)
+
+
+@dataclass(slots=True)
+class Reply:
+    """A non-streamed answer: the upstream's JSON with the client's model name."""
+
+    payload: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class SSE:
+    """A streamed answer: ``relay()`` yields the bytes to send (ends with ``[DONE]``)."""
+
+    call: UpstreamCall
+    deployment: Deployment
+    stream: UpstreamStream
+    headers: dict[str, str]
+
+    async def relay(self) -> AsyncGenerator[bytes, None]:
+        """Pass the upstream's events on (a block per network read); meter at the end.
+
+        The last block ends with ``[DONE]``. Closed early (the client left), the
+        request is metered as cancelled.
+        """
+        status: Status = "cancelled"
+        call, stream = self.call, self.stream
+        ended = False
+        try:
+            async for block in stream.blocks():
+                if stream.done and not ended:  # the upstream's [DONE] came in this block
+                    ended = True
+                    yield block + DONE  # one write less
+                    continue
+                yield block
+            status = "ok"
+        except DeploymentFailure as exc:  # cut mid-stream: final, reported in-band
+            status = "error"
+            call.state.gateway.router.record_failure(self.deployment)
+            err = APIError(502, f"Upstream failed mid-stream: {exc.reason}", type="api_error")
+            yield sse_event(error_body(err, call.dialect))
+        finally:
+            await stream.aclose()
+            call.meter(self.deployment, stream.usage, status)
+        if not ended:
+            yield DONE
 
 
 @dataclass
@@ -92,34 +143,35 @@ class UpstreamCall:
             release(self.state, self.admission, GenerationStats())
             self.admission = None
 
-    async def attempt(self, deployment: Deployment) -> Response:
+    async def serve(self, deployment: Deployment) -> Reply | SSE:
+        """One attempt on ``deployment`` (admitting the request on the first)."""
         admission = await self.admit_once()
         policy = self.principal.residency
         pool = self.state.gateway.upstreams
         if not self.body.get("stream"):
             reply = await pool.complete(self.body, policy)(deployment)
             self.meter(deployment, reply.usage, "ok")
-            payload = {**reply.body, "model": self.body.get("model")}
-            return JSONResponse(payload, headers=admission.headers)
+            return Reply({**reply.body, "model": self.body.get("model")}, admission.headers)
         stream = await pool.stream(self.body, policy)(deployment)
+        return SSE(self, deployment, stream, admission.headers)
 
-        async def relay() -> AsyncIterator[bytes]:
-            status: Status = "cancelled"
-            try:
-                async for chunk in stream:
-                    yield chunk.raw
-                status = "ok"
-            except DeploymentFailure as exc:  # cut mid-stream: final, reported in-band
-                status = "error"
-                self.state.gateway.router.record_failure(deployment)
-                err = APIError(502, f"Upstream failed mid-stream: {exc.reason}", type="api_error")
-                yield sse_event(error_body(err, self.dialect))
-            finally:
-                await stream.aclose()
-                self.meter(deployment, stream.usage, status)
-            yield DONE
+    async def attempt(self, deployment: Deployment) -> Response:
+        """``serve`` as a Starlette Response (the FastAPI route's attempt)."""
+        served = await self.serve(deployment)
+        if isinstance(served, Reply):
+            return JSONResponse(served.payload, headers=served.headers)
+        return sse_response(served.relay(), headers=served.headers)
 
-        return sse_response(relay(), headers=admission.headers)
+
+def policy_error(exc: NoDeploymentInPolicy) -> APIError:
+    """No deployment inside the workspace's policy could serve: the error names the policy."""
+    return APIError(
+        exc.status,
+        exc.message,
+        type="permission_error" if exc.status == 403 else "service_unavailable",
+        param="model",
+        code=exc.code,
+    )
 
 
 def upstream_error(exc: DeploymentFailure) -> APIError:

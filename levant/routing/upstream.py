@@ -1,7 +1,10 @@
 """Client for one OpenAI- or Mistral-compatible upstream (another Levant, vLLM, a vendor API).
 
 ``complete`` returns the upstream's JSON response; ``open_stream`` returns a
-stream whose first event has already arrived. Transient failures (timeouts,
+stream whose first event has already arrived. Plain ``http://`` upstreams are
+called through ``http1.Http1Pool`` (lean keep-alive HTTP/1.1 on asyncio); TLS,
+proxies and injected test transports go through httpx. Both raise httpx's
+exception classes, mapped here to one set of typed failures. Transient failures (timeouts,
 refused connections, 408/429/5xx, a stream cut before its first event) are
 retried with bounded exponential backoff and jitter — only before anything
 has been handed to the caller; once an event is out, a failure is final
@@ -14,10 +17,19 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+import urllib.request
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,12 +41,28 @@ from levant.routing.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from levant.routing.http1 import Http1Pool
 
 REGION_HEADER = "levant-region"
 DEPLOYMENT_HEADER = "levant-deployment"
-_DONE = "[DONE]"
+_DONE = b"[DONE]"
 
 T = TypeVar("T")
+
+
+class _Response(Protocol):
+    """What the client reads of a response: ``httpx.Response`` or ``http1.Http1Response``."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def reason_phrase(self) -> str: ...
+    def json(self) -> Any: ...
+    async def aread(self) -> bytes: ...
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +95,7 @@ class Served:
     attempts: int
 
     @classmethod
-    def of(cls, response: httpx.Response, attempts: int) -> Served:
+    def of(cls, response: _Response, attempts: int) -> Served:
         h = response.headers
         return cls(h.get(REGION_HEADER), h.get(DEPLOYMENT_HEADER), attempts)
 
@@ -117,7 +145,7 @@ class UpstreamChunk:
         return None
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(response: _Response) -> str:
     """The upstream's own error message (Mistral or OpenAI shape), kept short."""
     try:
         body = response.json()
@@ -132,7 +160,7 @@ def _error_message(response: httpx.Response) -> str:
     return text[:300]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: _Response) -> float | None:
     value = response.headers.get("retry-after")
     try:
         return None if value is None else max(0.0, float(value))
@@ -144,41 +172,75 @@ def _in_band_error(data: dict[str, Any]) -> bool:
     return data.get("object") == "error" or "error" in data
 
 
+@dataclass(slots=True)
+class _Progress:
+    done: bool = False
+
+
+def _last_usage(chunks: list[UpstreamChunk]) -> Usage | None:
+    for chunk in reversed(chunks):
+        if "usage" in chunk.data:
+            usage = chunk.usage
+            if usage is not None:
+                return usage
+    return None
+
+
 class UpstreamStream:
     """An open upstream stream whose first event has arrived (so it was worth committing to).
 
-    Iterate it for ``UpstreamChunk``s; it ends after ``[DONE]`` (or a finished
-    choice). Any failure now raises ``UpstreamStreamBroken`` (``started=True``).
-    Always closed: by ``aclose``, ``async with``, or iterating to the end.
+    Iterate it for ``UpstreamChunk``s, or ``blocks()`` for their ``data:`` frames
+    joined as they arrived (one block per network read: fewer writes to pass on);
+    it ends after ``[DONE]`` (or a finished choice). Any failure now raises
+    ``UpstreamStreamBroken`` (``started=True``). Always closed: by ``aclose``,
+    ``async with``, or iterating to the end.
     """
 
     def __init__(
         self,
         deployment: str,
-        response: httpx.Response,
-        events: AsyncGenerator[UpstreamChunk, None],
-        first: UpstreamChunk | None,
+        response: _Response,
+        events: AsyncGenerator[list[UpstreamChunk], None],
+        first: list[UpstreamChunk] | None,
         served: Served,
+        progress: _Progress | None = None,
     ) -> None:
         self.deployment = deployment
         self.served = served
-        self.usage: Usage | None = first.usage if first else None
+        self.usage: Usage | None = _last_usage(first) if first else None
         self._response = response
         self._events = events
         self._first = first
+        self._progress = progress or _Progress()
+
+    @property
+    def done(self) -> bool:
+        """Whether the upstream's ``[DONE]`` has been read (true when its block is yielded)."""
+        return self._progress.done
 
     def __aiter__(self) -> AsyncIterator[UpstreamChunk]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[UpstreamChunk]:
+        async for block in self._chunk_lists():
+            for chunk in block:
+                yield chunk
+
+    async def blocks(self) -> AsyncIterator[bytes]:
+        """The stream's events as bytes to pass on: whole ``data: …\n\n`` frames, batched."""
+        async for block in self._chunk_lists():
+            yield block[0].raw if len(block) == 1 else b"".join(c.raw for c in block)
+
+    async def _chunk_lists(self) -> AsyncIterator[list[UpstreamChunk]]:
         try:
             if self._first is not None:
                 first, self._first = self._first, None
                 yield first
-            async for chunk in self._events:
-                if chunk.usage is not None:
-                    self.usage = chunk.usage
-                yield chunk
+            async for block in self._events:
+                usage = _last_usage(block)
+                if usage is not None:
+                    self.usage = usage
+                yield block
         finally:
             await self.aclose()
 
@@ -210,8 +272,21 @@ class _Backoff:
         return step / 2 + self.rng.uniform(0, step / 2)
 
 
+def _lean_http(url: str) -> bool:
+    """Whether ``url`` may go through ``Http1Pool``: plain http and no proxy for its host."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    proxies = urllib.request.getproxies()
+    if not ({"http", "all"} & proxies.keys()):
+        return True
+    return bool(urllib.request.proxy_bypass(parts.hostname))
+
+
 class UpstreamClient:
-    """Calls one upstream deployment. One pooled ``httpx.AsyncClient`` per deployment."""
+    """Calls one upstream deployment over one connection pool: ``Http1Pool`` for a plain
+    ``http://`` URL, otherwise (TLS, a proxy, an injected ``transport``) an
+    ``httpx.AsyncClient``."""
 
     def __init__(
         self,
@@ -231,8 +306,22 @@ class UpstreamClient:
         self._headers = {"content-type": "application/json", "user-agent": "levant-gateway"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
+        self._stream_headers = {**self._headers, "accept": "text/event-stream"}
         self._backoff = _Backoff(cfg.backoff_base_s, cfg.backoff_max_s, rng or random.Random())
         self._sleep = sleep
+        self._lean: Http1Pool | None = None
+        if transport is None and _lean_http(self._url):
+            self._lean = Http1Pool(
+                self._url,
+                connect_timeout_s=cfg.connect_timeout_s,
+                read_timeout_s=cfg.read_timeout_s,
+                max_connections=cfg.max_connections,
+            )
+            extra = {"accept-encoding": "identity"}
+            self._heads = (
+                self._lean.head({**self._headers, **extra}),
+                self._lean.head({**self._stream_headers, **extra}),
+            )
         self._http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(
@@ -250,7 +339,17 @@ class UpstreamClient:
         return f"UpstreamClient({self.deployment.name!r}, {self._url!r})"
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         await self._http.aclose()
+
+    async def _post(self, content: bytes, *, stream: bool) -> _Response:
+        """Send the request; returns once the response's headers are in (body unread)."""
+        if self._lean is not None:
+            return await self._lean.post(self._heads[stream], content)
+        headers = self._stream_headers if stream else self._headers
+        request = self._http.build_request("POST", self._url, content=content, headers=headers)
+        return await self._http.send(request, stream=True)
 
     @property
     def name(self) -> str:
@@ -307,13 +406,17 @@ class UpstreamClient:
 
     async def _complete_once(self, content: bytes, attempt: int) -> UpstreamReply:
         try:
-            response = await self._http.post(self._url, content=content, headers=self._headers)
+            response = await self._post(content, stream=False)
+            try:
+                raw = await response.aread()
+            finally:
+                await response.aclose()
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, started=False) from exc
         if response.status_code != 200:
             raise self._status_error(response)
         try:
-            data = response.json()
+            data = json.loads(raw)
         except ValueError as exc:
             raise UpstreamError(self.name, 502, "response is not JSON", retryable=True) from exc
         if not isinstance(data, dict) or _in_band_error(data):
@@ -321,17 +424,19 @@ class UpstreamClient:
         return UpstreamReply(data, Served.of(response, attempt))
 
     async def _open_stream_once(self, content: bytes, attempt: int) -> UpstreamStream:
-        headers = {**self._headers, "accept": "text/event-stream"}
-        request = self._http.build_request("POST", self._url, content=content, headers=headers)
         try:
-            response = await self._http.send(request, stream=True)
+            response = await self._post(content, stream=True)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, started=False) from exc
         try:
             if response.status_code != 200:
-                await response.aread()
+                try:
+                    await response.aread()
+                except httpx.HTTPError as exc:
+                    raise self._transport_error(exc, started=False) from exc
                 raise self._status_error(response)
-            events = self._events(response)
+            progress = _Progress()
+            events = self._events(response, progress)
             try:
                 first = await anext(events, None)
             except BaseException:
@@ -342,51 +447,83 @@ class UpstreamClient:
         except BaseException:
             await response.aclose()
             raise
-        return UpstreamStream(self.name, response, events, first, Served.of(response, attempt))
+        served = Served.of(response, attempt)
+        return UpstreamStream(self.name, response, events, first, served, progress)
 
-    async def _events(self, response: httpx.Response) -> AsyncGenerator[UpstreamChunk, None]:
+    async def _events(
+        self, response: _Response, progress: _Progress
+    ) -> AsyncGenerator[list[UpstreamChunk], None]:
+        """The stream's events, a list per block of bytes read (never an empty list)."""
         started = False  # set once a chunk has been yielded, i.e. may have reached the client
         finished = False
         done = False  # [DONE] seen: read on to the end of the body so the connection is reused
-        data_lines: list[str] = []
+        data_lines: list[bytes] = []
+        pending = b""  # a line not yet ended
         try:
-            async for line in response.aiter_lines():
+            async for block in response.aiter_bytes():
                 if done:
                     continue
-                if line.startswith("data:"):
-                    data_lines.append(line[5:].lstrip(" "))
-                    continue
-                if line or not data_lines:
-                    continue  # comments, event:/id: fields, keep-alive blank lines
-                payload = "\n".join(data_lines)
-                data_lines = []
-                if payload == _DONE:
-                    done = True
-                    continue
-                try:
-                    data = json.loads(payload)
-                except ValueError as exc:
-                    raise UpstreamStreamBroken(
-                        self.name, "stream carried an event that is not JSON", started=started
-                    ) from exc
-                if not isinstance(data, dict) or _in_band_error(data):
-                    raise UpstreamStreamBroken(
-                        self.name, "upstream reported an error mid-stream", started=started
-                    )
-                chunk = UpstreamChunk(data, b"data: " + payload.encode() + b"\n\n")
-                finished = finished or chunk.finish_reason is not None
-                started = True
-                yield chunk
+                if pending:
+                    block = pending + block
+                if b"\r" in block:  # CRLF or CR line ends; keep a final CR for its LF
+                    carry = block.endswith(b"\r")
+                    block = block.replace(b"\r\n", b"\n")
+                    if carry:
+                        block = block[:-1]
+                    block = block.replace(b"\r", b"\n") + (b"\r" if carry else b"")
+                lines = block.split(b"\n")
+                pending = lines.pop()
+                out: list[UpstreamChunk] = []
+                broken: UpstreamStreamBroken | None = None
+                for line in lines:
+                    if line.startswith(b"data:"):
+                        data_lines.append(line[5:].lstrip(b" "))
+                        continue
+                    if line or not data_lines:
+                        continue  # comments, event:/id: fields, keep-alive blank lines
+                    payload = data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
+                    data_lines = []
+                    if payload == _DONE:
+                        done = progress.done = True
+                        break
+                    chunk, broken = self._chunk(payload, started=started or bool(out))
+                    if broken is not None:
+                        break
+                    assert chunk is not None
+                    finished = finished or chunk.finish_reason is not None
+                    out.append(chunk)
+                if out:
+                    started = True
+                    yield out
+                if broken is not None:
+                    raise broken
         except httpx.HTTPError as exc:
             if done:
                 return  # the answer is complete; only the connection's tail was lost
             raise self._transport_error(exc, started=started) from exc
-        if done or (data_lines and "\n".join(data_lines) == _DONE):
+        if pending.rstrip(b"\r").startswith(b"data:"):
+            data_lines.append(pending.rstrip(b"\r")[5:].lstrip(b" "))
+        if done or (data_lines and b"\n".join(data_lines) == _DONE):
             return
         if not finished:
             raise UpstreamStreamBroken(
                 self.name, "stream ended before the completion finished", started=started
             )
+
+    def _chunk(
+        self, payload: bytes, *, started: bool
+    ) -> tuple[UpstreamChunk | None, UpstreamStreamBroken | None]:
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return None, UpstreamStreamBroken(
+                self.name, "stream carried an event that is not JSON", started=started
+            )
+        if not isinstance(data, dict) or _in_band_error(data):
+            return None, UpstreamStreamBroken(
+                self.name, "upstream reported an error mid-stream", started=started
+            )
+        return UpstreamChunk(data, b"data: " + payload + b"\n\n"), None
 
     def _transport_error(self, exc: httpx.HTTPError, *, started: bool) -> UpstreamFailure:
         cfg = self.config
@@ -405,7 +542,7 @@ class UpstreamClient:
             )
         return UpstreamUnreachable(self.name, type(exc).__name__)
 
-    def _status_error(self, response: httpx.Response) -> UpstreamError:
+    def _status_error(self, response: _Response) -> UpstreamError:
         return UpstreamError(
             self.name,
             response.status_code,

@@ -242,3 +242,16 @@ async def test_key_never_appears_in_errors_or_logs(caplog: pytest.LogCaptureFixt
     assert not info.value.client_fault  # our credentials: the operator's problem
     for text in (str(info.value), repr(info.value), repr(c), caplog.text):
         assert "sk-very-secret" not in text
+
+
+async def test_stream_events_split_anyhow_across_reads_with_crlf() -> None:
+    whole = b"".join(full_stream(["Bon", "jour"])).replace(b"\n", b"\r\n")
+    cuts = [whole[i : i + 7] for i in range(0, len(whole), 7)]  # CR and LF land apart too
+    stream = await client(lambda r: sse_response([b": keep-alive\r\n\r\n", *cuts])).open_stream(
+        BODY
+    )
+    blocks = [b async for b in stream.blocks()]
+    assert b"".join(blocks) == b"".join(
+        f.replace(b"\r\n", b"\n") for f in full_stream(["Bon", "jour"])[:-1]
+    )
+    assert stream.usage is not None and stream.usage.completion_tokens == 2

@@ -58,6 +58,10 @@ class _Workspace:
     held: dict[str, int] = field(default_factory=dict)
     settled: list[tuple[float, int]] = field(default_factory=list)
     """(when, micros) of requests settled since the last read, maybe not in it yet."""
+    settled_total: int = 0
+    """The sum of ``settled``'s micros, kept as it changes (no O(n) sum per request)."""
+    held_total: int = 0
+    """The sum of ``held``'s values, likewise."""
     refresh: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -104,9 +108,10 @@ class SpendGuard:
                     recorded = await asyncio.to_thread(self._month_spend, workspace_id, start)
                     self._record_read(ws, month, recorded, t)
         with self._lock:  # check and hold with no await between: atomic for this process
-            spent = ws.recorded + sum(m for _, m in ws.settled) + sum(ws.held.values())
+            spent = ws.recorded + ws.settled_total + ws.held_total
             if spent + worst_case_micros <= budget_micros:
                 ws.held[hold.id] = worst_case_micros
+                ws.held_total += worst_case_micros
                 return Decision(allowed=True), hold
         never = worst_case_micros > budget_micros
         wait = next_month - t
@@ -131,9 +136,14 @@ class SpendGuard:
         t = self._clock() if now is None else now
         with self._lock:
             ws = self._workspaces.get(hold.workspace_id)
-            if ws is None or ws.held.pop(hold.id, None) is None:
+            if ws is None:
                 return
+            held = ws.held.pop(hold.id, None)
+            if held is None:
+                return
+            ws.held_total -= held
             ws.settled.append((t, actual_micros))
+            ws.settled_total += actual_micros
 
     def _workspace(self, workspace_id: str) -> _Workspace:
         with self._lock:
@@ -149,6 +159,7 @@ class SpendGuard:
             else:
                 # Rows settled well before the read are in it now; later ones may not be.
                 ws.settled = [(at, m) for at, m in ws.settled if at >= t - self._writer_lag_s]
+            ws.settled_total = sum(m for _, m in ws.settled)
             ws.month, ws.recorded, ws.read_at = month, recorded, t
 
 

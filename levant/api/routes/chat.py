@@ -38,7 +38,7 @@ from levant.api.schemas.chat import (
 )
 from levant.api.state import AppState
 from levant.api.streaming import sse_event, sse_response
-from levant.api.upstream_chat import UpstreamCall, upstream_error
+from levant.api.upstream_chat import UpstreamCall, policy_error, upstream_error
 from levant.engine.core import ContextLengthExceeded
 from levant.models.tokenizers.protocol import ToolCall
 from levant.routing import Deployment, DeploymentFailure, NoDeploymentInPolicy
@@ -104,13 +104,7 @@ async def chat_completions(
     except NoDeploymentInPolicy as exc:
         if upstream is not None:
             upstream.abandon()
-        raise APIError(
-            exc.status,
-            exc.message,
-            type="permission_error" if exc.status == 403 else "service_unavailable",
-            param="model",
-            code=exc.code,
-        ) from exc
+        raise policy_error(exc) from exc
     except DeploymentFailure as exc:
         if upstream is not None:
             upstream.abandon()
