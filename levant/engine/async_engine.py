@@ -10,8 +10,9 @@ engine's team here, two teams contending for two cores.
 
 Requests and aborts reach the worker through a command queue that is drained before every
 step: a request whose consumer left before it was scheduled never runs; a running one
-stops, its blocks freed, within one step. Admission is bounded: past ``max_waiting_requests`` / ``max_waiting_tokens`` not yet started,
-``generate`` raises ``EngineOverloaded`` at once.
+stops, its blocks freed, within one step. Admission is bounded: past
+``max_waiting_requests`` / ``max_waiting_tokens`` not yet started, ``generate`` raises
+``EngineOverloaded`` at once.
 """
 
 from __future__ import annotations
