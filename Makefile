@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+# int4 weights: the fastest CPU setting (LEVANT_DTYPE=float32 make run for full precision).
 run: install
-	$(BIN)/levant serve --pull
+	LEVANT_DTYPE=$${LEVANT_DTYPE:-int4} $(BIN)/levant serve --pull
 
 test: install
 	LEVANT_HOME=$(TEST_HOME) $(BIN)/levant pull smollm2-135m-instruct
