@@ -375,7 +375,12 @@ async def start_generation(
     vLLM does): the prefix cache shares the prompt's blocks between them, choice ``i``
     samples with ``child_seed(seed, i)``, and admission reserves ``n`` x max_tokens."""
     try:
-        service.check_capacity(len(prompt_ids) * n)
+        service.check_capacity(
+            prompt_ids,
+            copies=n,
+            cache_salt=principal.workspace_id,
+            prefix_cache=not principal.zero_retention,
+        )
     except EngineOverloaded as exc:
         raise overloaded_error(exc) from exc
     max_new = max_tokens if max_tokens is not None else service.max_context - len(prompt_ids)

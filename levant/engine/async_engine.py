@@ -58,8 +58,9 @@ class AsyncEngine:
         max_waiting_tokens: int | None = None,
         threads: int | None = None,
     ) -> None:
-        """``max_waiting_tokens`` (prompt tokens of admitted requests without output yet)
-        defaults to twice the KV cache's capacity; ``threads``: torch intra-op threads of
+        """``max_waiting_tokens`` (prompt tokens of admitted requests without output yet, less
+        what the prefix cache held when each was admitted) defaults to twice the KV cache's
+        capacity; ``threads``: torch intra-op threads of
         the worker (None: torch's default, one per core)."""
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests
@@ -135,10 +136,21 @@ class AsyncEngine:
         self._wake.set()
         self._worker.join(timeout=5)
 
-    def check_capacity(self, num_prompt_tokens: int) -> None:
-        """Raise EngineOverloaded if a request of this size would be refused now."""
+    def check_capacity(
+        self,
+        prompt_token_ids: Sequence[int],
+        *,
+        copies: int = 1,
+        cache_salt: str | None = None,
+        prefix_cache: bool = True,
+    ) -> None:
+        """Raise EngineOverloaded if ``copies`` requests of this prompt would be refused now."""
+        n = self._cost(prompt_token_ids, cache_salt, prefix_cache) * copies
         with self._lock:
-            self._check_capacity(num_prompt_tokens)
+            self._check_capacity(n)
+
+    def _cost(self, prompt_token_ids: Sequence[int], salt: str | None, cache: bool) -> int:
+        return self.engine.uncached_prompt_tokens(prompt_token_ids, salt, cache)
 
     def _check_capacity(self, n: int) -> None:
         if self._stopping:
@@ -156,6 +168,9 @@ class AsyncEngine:
         n = len(request.prompt_token_ids)
         if n >= self.engine.max_context:
             raise ContextLengthExceeded(n, self.engine.max_context)
+        n = stream.num_prompt_tokens = self._cost(
+            request.prompt_token_ids, request.cache_salt, request.prefix_cache
+        )
         with self._lock:
             self._check_capacity(n)
             if request.request_id in self._streams:

@@ -9,7 +9,7 @@ requests. Not thread-safe: ``AsyncEngine`` drives it from one thread.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -120,6 +120,18 @@ class LLMEngine:
                 device=self.device,
             )
         )
+
+    def uncached_prompt_tokens(
+        self, prompt_token_ids: Sequence[int], cache_salt: str | None, prefix_cache: bool
+    ) -> int:
+        """Prompt tokens the prefix cache does not hold now (all of them without the cache):
+        what admitting the request costs in prefill, for the waiting bound. Read-only; from
+        another thread the answer may be a step stale."""
+        n = len(prompt_token_ids)
+        if not prefix_cache:
+            return n
+        extra = extra_keys(self.model_id, cache_salt)
+        return n - self.kv.cached_prefix_tokens(prompt_token_ids, extra)
 
     def abort_request(self, request_id: str) -> None:
         """Finish with reason ``abort``; its blocks are free before the next step."""

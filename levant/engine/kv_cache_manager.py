@@ -6,9 +6,10 @@ free this request) and gets back ``KVCacheBlocks``, never the pool's internals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from levant.engine.block_hash import extend_block_hashes
+from levant.engine.block_hash import BlockHash, extend_block_hashes
 from levant.engine.block_pool import BlockPool, KVCacheBlock
 from levant.engine.request import Request
 
@@ -64,6 +65,20 @@ class KVCacheManager:
                 break
             hits.append(block)
         return KVCacheBlocks(tuple(hits)), len(hits) * self.block_size
+
+    def cached_prefix_tokens(self, tokens: Sequence[int], extra: bytes) -> int:
+        """How many leading tokens are cached now: read-only, an estimate for admission
+        (from another thread the answer may be a step stale, never an error)."""
+        if not self.enable_caching:
+            return 0
+        hashes: list[BlockHash] = []
+        extend_block_hashes(hashes, tokens, self.block_size, extra)
+        hits = 0
+        for block_hash in hashes:
+            if self.pool.get_cached_block(block_hash) is None:
+                break
+            hits += 1
+        return hits * self.block_size
 
     def record_prefix_query(self, num_tokens: int, num_hits: int) -> None:
         self.prefix_queries += num_tokens

@@ -99,10 +99,19 @@ class ModelService:
             self._structured = StructuredOutputs(self.tokenizer)
         return self._structured
 
-    def check_capacity(self, prompt_tokens: int) -> None:
-        """Raise EngineOverloaded now if a request of this size would be refused, so
-        the API can answer 503 before a stream's headers go out."""
-        self.engine.check_capacity(prompt_tokens)
+    def check_capacity(
+        self,
+        prompt_ids: list[int],
+        *,
+        copies: int = 1,
+        cache_salt: str | None = None,
+        prefix_cache: bool = True,
+    ) -> None:
+        """Raise EngineOverloaded now if ``copies`` requests of this prompt would be
+        refused, so the API can answer 503 before a stream's headers go out."""
+        self.engine.check_capacity(
+            prompt_ids, copies=copies, cache_salt=cache_salt, prefix_cache=prefix_cache
+        )
 
     @property
     def max_context(self) -> int:

@@ -122,6 +122,36 @@ async def test_waiting_prompt_tokens_are_bounded(tiny_model: Transformer) -> Non
         eng.shutdown()
 
 
+async def test_the_waiting_bound_counts_only_what_the_prefix_cache_lacks(
+    tiny_model: Transformer,
+) -> None:
+    """64 cached tokens of a 65-token prompt cost 1 against the bound, not 65; a salt (other
+    workspace) or a request that skips the cache pays in full."""
+    eng = AsyncEngine(make_engine(tiny_model, max_num_seqs=1), max_waiting_tokens=40)
+    prefix = random_prompts(1, 64, 65, seed=7)[0][:64]
+    short = SamplingParams(temperature=0.0, max_tokens=2)
+    try:
+        await collect(eng.generate(EngineRequest("warm", prefix, short)))  # caches 4 blocks
+        assert eng.engine.uncached_prompt_tokens([*prefix, 5], None, True) == 1
+        running = eng.generate(EngineRequest("running", [1, 2, 3], LONG))
+        await anext(running)  # holds the only sequence slot: everything else waits
+        waiting = [eng.generate(EngineRequest(f"w{i}", [*prefix, i], LONG)) for i in range(3)]
+        tasks = [asyncio.ensure_future(anext(w)) for w in waiting]
+        await asyncio.sleep(0.05)
+        assert eng.num_waiting == 3  # 3 tokens against the bound of 40, all admitted
+        for refused in (
+            EngineRequest("cold", random_prompts(1, 65, 66, seed=8)[0], LONG),
+            EngineRequest("salted", [*prefix, 9], LONG, cache_salt="other-workspace"),
+            EngineRequest("uncached", [*prefix, 9], LONG, prefix_cache=False),
+        ):
+            with pytest.raises(EngineOverloaded, match="prompt tokens"):
+                await anext(eng.generate(refused))
+        await cancel(*tasks)
+        await running.aclose()
+    finally:
+        eng.shutdown()
+
+
 async def test_too_long_prompt_is_refused_before_queueing(engine: AsyncEngine) -> None:
     too_long = [1] * engine.engine.max_context
     with pytest.raises(ContextLengthExceeded):
