@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +26,7 @@ class Settings(BaseSettings):
     """The model `levant serve` loads when none is named."""
 
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "int8", "int4"] = "float32"
     """float32 | bfloat16 | float16 | int8 | int4: compute dtype of the local engine (int8,
     int4: weight-only quantized linears over float32 activations, via PyTorch's CPU
     kernels; int4 keeps the output head in int8)."""

@@ -44,9 +44,9 @@ def load_embedding_service(card: ModelCard, path: Path, settings: Settings) -> E
     if card.embedding is None:
         raise ValueError(f"Model '{card.id}' is not an embedding model")
     tokenizer = load_tokenizer(path)
-    encoder = load_encoder(
-        path, pad_id=tokenizer.pad_id, dtype=_DTYPES[settings.dtype], device=settings.device
-    )
+    # Weight-only formats (int8, int4) are for the generative engine: encoders run float32.
+    dtype = _DTYPES.get(settings.dtype, torch.float32)
+    encoder = load_encoder(path, pad_id=tokenizer.pad_id, dtype=dtype, device=settings.device)
     if encoder.dimension != card.embedding.dimension:
         raise ValueError(
             f"Model '{card.id}': the card says {card.embedding.dimension} dimensions, "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from levant.catalog.catalog import load_catalog
 from levant.config import Settings
@@ -103,3 +104,19 @@ def test_over_long_input_is_refused_not_truncated(service: EmbeddingService) -> 
     with pytest.raises(InputTooLong) as info:
         service.tokenize_now(["fine", ok + "word"])
     assert (info.value.index, info.value.tokens, info.value.limit) == (1, 257, 256)
+
+
+def test_weight_only_dtypes_load_the_encoder_in_float32(minilm_dir: Path) -> None:
+    """LEVANT_DTYPE=int4 / int8 quantize the generative engine; an embedding model loaded
+    beside it runs float32 and gives the float32 vectors."""
+    card = load_catalog(Settings()).get(EMBEDDING_MODEL)
+    quantized = load_embedding_service(card, minilm_dir, Settings(dtype="int4"))
+    plain = load_embedding_service(card, minilm_dir, Settings())
+    ids = plain.tokenize_now(SENTENCES[:3])
+    # bf16 would differ by ~1e-3; float32 on the same weights agrees to rounding
+    np.testing.assert_allclose(quantized.embed_now(ids), plain.embed_now(ids), rtol=0, atol=1e-6)
+
+
+def test_an_unknown_dtype_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="dtype"):
+        Settings(dtype="int3")  # type: ignore[arg-type]
