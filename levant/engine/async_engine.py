@@ -60,8 +60,8 @@ class AsyncEngine:
     ) -> None:
         """``max_waiting_tokens`` (prompt tokens of admitted requests without output yet, less
         what the prefix cache held when each was admitted) defaults to twice the KV cache's
-        capacity; ``threads``: torch intra-op threads of
-        the worker (None: torch's default, one per core)."""
+        capacity; ``threads``: torch intra-op threads of the worker (None: torch's default,
+        one per core)."""
         self.engine = engine
         self.max_waiting_requests = max_waiting_requests
         self.max_waiting_tokens = max_waiting_tokens or 2 * engine.kv_cache_tokens
