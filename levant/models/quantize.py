@@ -26,6 +26,8 @@ checkpoints ship it as Q8_0: sampling is sensitive to its precision).
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
@@ -35,7 +37,28 @@ DENSE_ABOVE = 16  # rows per call above which the dense bf16 copy is used
 GROUP_SIZE = 32  # int4: input features per scale/minimum, as GGUF's Q4_1
 
 
-class Int8Linear(nn.Module):
+class _WeightOnlyLinear(nn.Module, abc.ABC):
+    """Quantized weights for steps of up to ``DENSE_ABOVE`` rows, the dense bf16 copy (when
+    kept) beyond; bf16 activations into either, the caller's dtype out."""
+
+    in_features: int
+    out_features: int
+    dense: torch.Tensor | None
+
+    @abc.abstractmethod
+    def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, in) bf16 -> (M, out) with the quantized kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, in)
+        if self.dense is not None and x2.shape[0] > DENSE_ABOVE:
+            y = torch.nn.functional.linear(x2, self.dense)
+        else:
+            y = self._quantized_mm(x2)  # (M, out)
+        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+
+
+class Int8Linear(_WeightOnlyLinear):
     weight: torch.Tensor
     scales: torch.Tensor
     dense: torch.Tensor | None
@@ -52,22 +75,17 @@ class Int8Linear(nn.Module):
         deq = (q.float() * self.scales.float()[:, None]).to(torch.bfloat16) if dense else None
         self.register_buffer("dense", deq)  # (out, in) bf16
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, in)
-        if self.dense is not None and x2.shape[0] > DENSE_ABOVE:
-            y = torch.nn.functional.linear(x2, self.dense)
-        else:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scales)  # (M, out)
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+    def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        return y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(_WeightOnlyLinear):
     packed: torch.Tensor
     scales_and_zeros: torch.Tensor
-    dense: torch.Tensor | None
 
     def __init__(
         self, weight: torch.Tensor, *, group_size: int = GROUP_SIZE, dense: bool = True
@@ -93,20 +111,16 @@ class Int4Linear(nn.Module):
             deq = ((q - 8) * s[..., None] + z[..., None]).view(out, k).to(torch.bfloat16)
         self.register_buffer("dense", deq)  # (out, in) bf16
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, in)
-        if self.dense is not None and x2.shape[0] > DENSE_ABOVE:
-            y = torch.nn.functional.linear(x2, self.dense)
-        else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x2, self.packed, self.group_size, self.scales_and_zeros
-            )  # (M, out)
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+    def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
+        y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, self.packed, self.group_size, self.scales_and_zeros
+        )
+        return y
 
     def dequantized(self) -> torch.Tensor:
         """(out, in) float32: the weights the int4 kernel multiplies by."""
         s, z = self.scales_and_zeros.float().transpose(0, 1).unbind(-1)  # (out, g) each
-        codes = _unpack_int4(self.packed, self.out_features, self.in_features)
+        codes = _unpack_int4(self.packed, self.out_features, self.in_features, self.group_size)
         g = self.in_features // self.group_size
         deq = (codes.view(self.out_features, g, -1).float() - 8) * s[..., None] + z[..., None]
         return deq.view(self.out_features, self.in_features)
@@ -115,12 +129,12 @@ class Int4Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int4"
 
 
-def _unpack_int4(packed: torch.Tensor, out: int, k: int) -> torch.Tensor:
+def _unpack_int4(packed: torch.Tensor, out: int, k: int, group_size: int) -> torch.Tensor:
     """The 4-bit codes back from the kernel's packing, by multiplying with the identity."""
     eye = torch.eye(k, dtype=torch.bfloat16)
-    ones = torch.ones(k // GROUP_SIZE, out, 2, dtype=torch.bfloat16)
+    ones = torch.ones(k // group_size, out, 2, dtype=torch.bfloat16)
     ones[..., 1] = 8.0  # scale 1, zero 8: (q - 8) * 1 + 8 = q
-    codes: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, GROUP_SIZE, ones)
+    codes: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, group_size, ones)
     return codes.T.round().to(torch.int32)  # (out, k)
 
 
