@@ -104,6 +104,7 @@ def main() -> None:
             kv_cache_bytes=256 << 20,
             max_num_batched_tokens=args.max_batched_tokens,
         )
+        engine.warm_up()  # kernel choice by row count, as the server makes it
         run_streams(engine, 2, 16, 4, seed=0)  # warm-up
         for c in levels:
             samples = [

@@ -52,5 +52,6 @@ class CompiledDecode:
         zero = torch.zeros(1, dtype=torch.long, device=device)
         mask = torch.zeros(1, 1, 1, cache.block_size, dtype=torch.bool, device=device)
         mask[..., 0] = True
-        self(zero, zero.clone(), DecodeAttention(cache, zero.clone(), zero.clone(), mask))
+        bounds = torch.tensor([[0, 1]], device=device)
+        self(zero, zero.clone(), DecodeAttention(cache, zero.clone(), zero.clone(), mask, bounds))
         log.info("compiled the single-stream decode step in %.0f s", time.monotonic() - t0)

@@ -8,6 +8,7 @@ requests. Not thread-safe: ``AsyncEngine`` drives it from one thread.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -24,11 +25,14 @@ from levant.engine.scheduler import Scheduler
 from levant.engine.stats import EngineMetrics, EngineStats
 from levant.models.config import ModelConfig
 from levant.models.paged_attention import PagedKVCache
+from levant.models.quantize import tune_dense_above
 from levant.models.transformer import Transformer
 
 __all__ = ["ContextLengthExceeded", "LLMEngine"]
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
+
+log = logging.getLogger(__name__)
 
 
 class LLMEngine:
@@ -78,8 +82,12 @@ class LLMEngine:
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 
     def warm_up(self) -> None:
-        """Compile what is compiled, on the calling thread (the one that will step: Inductor
-        builds its kernels for that thread's torch thread count)."""
+        """Choose the quantized layers' kernels by row count, then compile what is compiled,
+        on the calling thread (the one that will step: kernel timings and Inductor's kernels
+        depend on that thread's torch thread count)."""
+        chosen = tune_dense_above(self.model)
+        if chosen:
+            log.info("quantized kernels up to %s rows (by matrix shape), dense bf16 beyond", chosen)
         if self.runner.compiled is not None:
             self.runner.compiled.warm_up(self.kv_cache)
 

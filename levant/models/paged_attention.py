@@ -6,9 +6,12 @@ which blocks belong to which sequence (its block table) is the engine's business
 module writes each new token's key/value at the slot it is given and attends each
 sequence over its own slots, honouring causality and the sliding window.
 
-Sequences are attended in groups, one SDPA call per group and layer: every one-token
-(decode) sequence together, padded to the longest context, and each longer chunk on its
-own. ``plan_attention`` builds the groups once per step; every layer reuses them.
+Sequences are attended in groups, one call per group and layer: every one-token (decode)
+sequence together, and each longer chunk on its own. ``plan_attention`` builds the groups
+once per step; every layer reuses them. The decode group runs Levant's C++ kernel
+(``levant.kernels``: keys and values read in place, each sequence over its own context)
+where it is built, else the plain path: gather the blocks into a copy padded to the
+longest context, then SDPA with a mask. Chunks always take the plain path.
 
 ``DecodeAttention`` is the same arithmetic for a step where every sequence decodes one
 token, with tensors only (no Python-level groups): what ``torch.compile`` traces once for
@@ -17,11 +20,12 @@ any number of sequences and any context length.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from levant import kernels
 from levant.models.config import ModelConfig
 
 
@@ -75,6 +79,8 @@ class AttentionGroup:
     kv_blocks: torch.Tensor | None  # (R * n,) the first n blocks of each sequence's table, to
     # attend over L = n * block_size slots; None: attend only to its own new tokens
     mask: torch.Tensor | None  # (R, 1, Q, L) True where visible; None: plain causal
+    bounds: torch.Tensor | None = None  # decode groups: (R, 2) [start, end) of the visible
+    # positions of each sequence's one query (what the C++ kernel reads instead of the mask)
 
 
 def plan_attention(
@@ -107,12 +113,15 @@ def _decode_group(
     mask = k_pos <= q_pos
     if window is not None:
         mask &= q_pos - k_pos < window
+    lo = [0 if window is None else max(0, c.num_cached - window + 1) for c in chunks]
+    bounds = torch.tensor([[a, c.num_cached + 1] for a, c in zip(lo, chunks, strict=True)])
     starts = [c.start for c in chunks]
     first = starts[0]
     rows: torch.Tensor | slice = slice(first, first + len(starts))
     if starts != list(range(first, first + len(starts))):
         rows = torch.tensor(starts, dtype=torch.long, device=device)
-    return AttentionGroup(len(chunks), rows, blocks, mask[:, None, None, :])  # mask (R,1,1,L)
+    mask4 = mask[:, None, None, :]  # (R, 1, 1, L)
+    return AttentionGroup(len(chunks), rows, blocks, mask4, bounds.to(device))
 
 
 def _chunk_group(
@@ -156,6 +165,16 @@ class PagedAttention:
     ) -> torch.Tensor:
         """This group's queries (R * Q, n_heads, hd) -> their outputs, the same shape."""
         R, (_, n_heads, hd), n_kv_heads = group.num_seqs, q.shape, kv.shape[1] // 2
+        if group.bounds is not None and group.kv_blocks is not None and kernels.load():
+            out: torch.Tensor = torch.ops.levant.paged_decode_attention(
+                q[group.rows].contiguous(),
+                kv_cache,
+                group.kv_blocks.view(R, -1),
+                group.bounds,
+                self.cache.block_size,
+                hd**-0.5,
+            )
+            return out  # (R, n_heads, hd)
         qg = q[group.rows].view(R, -1, n_heads, hd)  # (R, Q, n_heads, hd)
         if group.kv_blocks is None:
             kvg = kv[group.rows].view(R, -1, 2 * n_kv_heads, hd)  # (R, Q, 2 * n_kv_heads, hd)
@@ -196,18 +215,31 @@ class DecodeAttention:
     slot_mapping: torch.Tensor  # (R,) where each new token's key/value is written
     kv_blocks: torch.Tensor  # (R * n,) the first n blocks of each sequence's table
     mask: torch.Tensor  # (R, 1, 1, n * block_size) True where visible
+    bounds: torch.Tensor  # (R, 2) [start, end) of the visible positions
+    kernel: bool = field(default_factory=kernels.load)  # the C++ kernel, not gather + SDPA
 
     @classmethod
     def of(
         cls, cache: PagedKVCache, slot_mapping: torch.Tensor, group: AttentionGroup
     ) -> DecodeAttention:
         assert group.kv_blocks is not None and group.mask is not None
-        return cls(cache, slot_mapping, group.kv_blocks, group.mask)
+        assert group.bounds is not None
+        return cls(cache, slot_mapping, group.kv_blocks, group.mask, group.bounds)
 
     def __call__(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         q, kv = q[0], kv[0]  # (R, n_heads, head_dim), (R, 2 * n_kv_heads, head_dim)
         kv_cache = self.cache.kv[layer]
         kv_cache.index_copy_(0, self.slot_mapping, kv)
-        R = q.shape[0]
-        kvg = gather_blocks(kv_cache, self.kv_blocks, self.cache.block_size, R)
+        R, bs = q.shape[0], self.cache.block_size
+        if self.kernel:
+            out: torch.Tensor = torch.ops.levant.paged_decode_attention(
+                q.contiguous(),
+                kv_cache,
+                self.kv_blocks.view(R, -1),
+                self.bounds,
+                bs,
+                q.shape[-1] ** -0.5,
+            )
+            return out[None]  # (1, R, n_heads, head_dim)
+        kvg = gather_blocks(kv_cache, self.kv_blocks, bs, R)
         return attend_group(q[:, None], kvg, self.mask)[None]  # (1, R, n_heads, head_dim)

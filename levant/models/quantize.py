@@ -8,11 +8,15 @@ bf16 activations (its fast path); everything else (norms, rotary, attention, the
 cache) stays in the model's dtype. The model file never knows.
 
 That kernel reads the weights once per call, which is what a decode step of a few
-tokens needs (it is bandwidth bound), but it does not get faster per token as the
-batch grows. For steps of more than ``DENSE_ABOVE`` rows (a prefill chunk, a large
-decode batch) each layer also keeps the same quantized weights dequantized to bf16
-and uses the dense bf16 matmul (AVX512-BF16/AMX where the CPU has them): about three
-times the int8 kernel's speed at 64 rows here, for 2 more bytes per weight.
+tokens needs (it is bandwidth bound), but its cost grows with every row. For steps of
+more than ``dense_above`` rows (a prefill chunk, a decode batch) each layer also keeps
+the same quantized weights dequantized to bf16, prepacked for oneDNN (``PackedBF16``:
+AMX or AVX512-BF16), whose cost barely moves from 1 to 16 rows: for 2 more bytes per
+weight, 2.3 times the int4 kernel's speed at 16 rows on a 2-core Xeon with AMX.
+
+Where the two kernels cross depends on the CPU, so ``tune_dense_above`` measures both
+on the model's own matrices (on the thread that will run the steps) and sets the row
+count; until then it is ``DENSE_ABOVE``.
 
 ``quantize_int4``: the blocks' linears become ``Int4Linear``: asymmetric 4-bit weights in
 groups of 32 along the input dimension, one scale and one minimum per group -- the
@@ -20,30 +24,37 @@ arithmetic of GGUF's Q4_1, so a Q4_1 checkpoint (dequantized by the loader) come
 the same 4-bit codes, up to bf16 rounding of the scales. The kernel is PyTorch's
 ``_weight_int4pack_mm_for_cpu`` (bf16 activations); it reads half the bytes of int8, which
 is what a decode step is bound by, and like int8 it is used for steps of up to
-``DENSE_ABOVE`` rows, the dense bf16 copy beyond. The output head stays int8 (GGUF
+``dense_above`` rows, the dense bf16 copy beyond. The output head stays int8 (GGUF
 checkpoints ship it as Q8_0: sampling is sensitive to its precision).
 """
 
 from __future__ import annotations
 
 import abc
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from levant.models.dense_linear import PackedBF16
 from levant.models.transformer import Transformer
 
-DENSE_ABOVE = 16  # rows per call above which the dense bf16 copy is used
+DENSE_ABOVE = 4  # rows per call above which the dense bf16 copy is used, until tuned
 GROUP_SIZE = 32  # int4: input features per scale/minimum, as GGUF's Q4_1
+TUNE_ROWS = (1, 2, 4, 8, 16)  # the row counts ``tune_dense_above`` times
 
 
 class _WeightOnlyLinear(nn.Module, abc.ABC):
-    """Quantized weights for steps of up to ``DENSE_ABOVE`` rows, the dense bf16 copy (when
+    """Quantized weights for steps of up to ``dense_above`` rows, the dense bf16 copy (when
     kept) beyond; bf16 activations into either, the caller's dtype out."""
 
     in_features: int
     out_features: int
-    dense: torch.Tensor | None
+    # Not a buffer: an opaque oneDNN tensor that only oneDNN ops (and not dynamo) can read.
+    dense: PackedBF16 | None
+    dense_above: int = DENSE_ABOVE
 
     @abc.abstractmethod
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,8 +62,8 @@ class _WeightOnlyLinear(nn.Module, abc.ABC):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, in)
-        if self.dense is not None and x2.shape[0] > DENSE_ABOVE:
-            y = torch.nn.functional.linear(x2, self.dense)
+        if self.dense is not None and x2.shape[0] > self.dense_above:
+            y = self.dense(x2)
         else:
             y = self._quantized_mm(x2)  # (M, out)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -61,7 +72,6 @@ class _WeightOnlyLinear(nn.Module, abc.ABC):
 class Int8Linear(_WeightOnlyLinear):
     weight: torch.Tensor
     scales: torch.Tensor
-    dense: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, *, dense: bool = True) -> None:
         super().__init__()
@@ -72,8 +82,7 @@ class Int8Linear(_WeightOnlyLinear):
         self.register_buffer("weight", q)  # (out, in) int8
         self.register_buffer("scales", scales.to(torch.bfloat16))  # (out,)
         # The same quantized values, dequantized, for large steps (None: int8 only).
-        deq = (q.float() * self.scales.float()[:, None]).to(torch.bfloat16) if dense else None
-        self.register_buffer("dense", deq)  # (out, in) bf16
+        self.dense = PackedBF16(q.float() * self.scales.float()[:, None]) if dense else None
 
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
@@ -105,11 +114,10 @@ class Int4Linear(_WeightOnlyLinear):
         codes = q.to(torch.int32).view(out, k)
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
         self.register_buffer("scales_and_zeros", sz.transpose(0, 1).contiguous())  # (g, out, 2)
-        deq = None
+        self.dense = None
         if dense:  # dequantized from the bf16 scales, as the kernel does
             s, z = sz.float().unbind(-1)
-            deq = ((q - 8) * s[..., None] + z[..., None]).view(out, k).to(torch.bfloat16)
-        self.register_buffer("dense", deq)  # (out, in) bf16
+            self.dense = PackedBF16(((q - 8) * s[..., None] + z[..., None]).view(out, k))
 
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -169,3 +177,49 @@ def quantize_int8_head(model: Transformer, *, dense: bool = True) -> None:
     """The output head (its own copy of the embedding matrix when tied) as ``Int8Linear``."""
     head = model.tok_embeddings.weight if model.output is None else model.output.weight
     model.output = Int8Linear(head, dense=dense)  # type: ignore[assignment]
+
+
+def quantized_layers(model: nn.Module) -> list[_WeightOnlyLinear]:
+    return [m for m in model.modules() if isinstance(m, _WeightOnlyLinear)]
+
+
+def dense_copy_bytes(model: nn.Module) -> int:
+    """Bytes of the packed bf16 copies (not buffers, so not in ``model.buffers()``)."""
+    return sum(m.dense.nbytes() for m in quantized_layers(model) if m.dense is not None)
+
+
+def tune_dense_above(model: nn.Module, *, repeats: int = 7) -> dict[tuple[int, int], int]:
+    """For each distinct matrix shape among the model's quantized layers, time both
+    kernels at ``TUNE_ROWS`` rows and set ``dense_above`` of the layers of that shape to
+    the largest row count below the first one where the dense copy wins (the quantized
+    kernel's cost grows with rows, the dense one's barely does). Call it on the thread,
+    and with the thread count, that will run the steps. Returns {(out, in): rows}."""
+    by_shape: dict[tuple[int, int], list[_WeightOnlyLinear]] = {}
+    for m in quantized_layers(model):
+        if m.dense is not None:
+            by_shape.setdefault((m.out_features, m.in_features), []).append(m)
+    chosen: dict[tuple[int, int], int] = {}
+    for shape, layers in by_shape.items():
+        probe, dense = layers[0], layers[0].dense
+        assert dense is not None
+        rows = TUNE_ROWS[-1]
+        for i, n in enumerate(TUNE_ROWS):
+            x = torch.randn(n, probe.in_features).to(torch.bfloat16)
+            if _median_ms(dense, x, repeats) < _median_ms(probe._quantized_mm, x, repeats):
+                rows = TUNE_ROWS[i - 1] if i else 0
+                break
+        for layer in layers:
+            layer.dense_above = rows
+        chosen[shape] = rows
+    return chosen
+
+
+def _median_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        fn(x)  # first call: allocation, oneDNN primitive creation
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3

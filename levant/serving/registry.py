@@ -33,7 +33,7 @@ from levant.embeddings import EmbeddingService, load_embedding_service
 from levant.engine.async_engine import AsyncEngine, single_threaded
 from levant.engine.core import LLMEngine
 from levant.models.loaders import load_checkpoint
-from levant.models.quantize import quantize_int4, quantize_int8
+from levant.models.quantize import dense_copy_bytes, quantize_int4, quantize_int8
 from levant.models.tokenizers.loader import load_tokenizer
 from levant.models.transformer import Transformer, build_model
 from levant.serving.service import ModelService
@@ -67,7 +67,8 @@ def service_bytes(service: Service) -> int:
     if isinstance(service, ModelService):
         model: torch.nn.Module = service.engine.engine.model
         cache = service.engine.engine.kv_cache
-        return _tensor_bytes([*model.parameters(), *model.buffers(), *cache.kv])
+        tensors = _tensor_bytes([*model.parameters(), *model.buffers(), *cache.kv])
+        return tensors + dense_copy_bytes(model)
     bert = service.encoder.bert
     return _tensor_bytes([*bert.parameters(), *bert.buffers()])
 

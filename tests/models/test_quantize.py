@@ -17,14 +17,19 @@ import torch
 from gguf import GGUFReader
 from torch import nn
 
+from levant.models.dense_linear import PackedBF16, onednn_bf16
 from levant.models.loaders import load_checkpoint
 from levant.models.quantize import (
     DENSE_ABOVE,
     GROUP_SIZE,
+    TUNE_ROWS,
     Int4Linear,
     Int8Linear,
+    dense_copy_bytes,
     quantize_int4,
     quantize_int8,
+    quantized_layers,
+    tune_dense_above,
 )
 from levant.models.transformer import Transformer, build_model
 
@@ -159,3 +164,44 @@ def scales_of(layer: Int4Linear) -> torch.Tensor:
 
 def zeros_of(layer: Int4Linear) -> torch.Tensor:
     return layer.scales_and_zeros[..., 1].float().T.repeat_interleave(GROUP_SIZE, 1)
+
+
+# --- the dense copy and the kernel choice -------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 7, 16, 33])
+def test_packed_bf16_is_the_bf16_matmul(rows: int) -> None:
+    g = torch.Generator().manual_seed(200 + rows)
+    weight, x = torch.randn(80, 64, generator=g), torch.randn(rows, 64, generator=g)
+    packed = PackedBF16(weight)
+    assert packed.packed == onednn_bf16() and packed.nbytes() == 80 * 64 * 2
+    expected = x.bfloat16().float() @ weight.bfloat16().float().T
+    got = packed(x.bfloat16())
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, 80)
+    torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_tuning_picks_a_row_count_per_shape_and_keeps_the_arithmetic() -> None:
+    g = torch.Generator().manual_seed(7)
+    model = nn.Sequential(
+        Int4Linear(torch.randn(256, 128, generator=g)),
+        Int8Linear(torch.randn(128, 256, generator=g)),
+        Int4Linear(torch.randn(256, 128, generator=g)),
+        Int8Linear(torch.randn(64, 256, generator=g), dense=False),  # no dense copy: not tuned
+    )
+    x = torch.randn(20, 128, generator=g)
+    layers = quantized_layers(model)
+    for layer in layers:
+        layer.dense_above = 1_000  # quantized kernels only
+    expected = model(x)
+    chosen = tune_dense_above(model, repeats=3)
+    assert set(chosen) == {(256, 128), (128, 256)}
+    assert all(rows in (0, *TUNE_ROWS) for rows in chosen.values())
+    assert layers[0].dense_above == layers[2].dense_above == chosen[(256, 128)]
+    assert layers[1].dense_above == chosen[(128, 256)] and layers[3].dense_above == 1_000
+    for layer in layers[:3]:
+        layer.dense_above = 0  # dense copies wherever kept
+    torch.testing.assert_close(
+        model(x), expected, rtol=3e-2, atol=3e-2 * expected.abs().max().item()
+    )
+    assert dense_copy_bytes(model) == 2 * (256 * 128 * 2 + 128 * 256)
