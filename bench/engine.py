@@ -37,10 +37,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def build(path: Path, fmt: str) -> tuple[Transformer, torch.dtype]:
     config, weights = load_checkpoint(path)
-    if fmt == "int8":  # int8 weights, float32 everything else
-        return quantize_int8(build_model(config, weights)), torch.float32
-    if fmt == "int4":  # int4 block weights (int8 head), float32 everything else
-        return quantize_int4(build_model(config, weights)), torch.float32
+    # The second value is the KV cache's dtype: bf16 under quantized weights, as the server's
+    # kv_cache_dtype=auto.
+    if fmt == "int8":  # int8 weights, float32 activations
+        return quantize_int8(build_model(config, weights)), torch.bfloat16
+    if fmt == "int4":  # int4 block weights (int8 head), float32 activations
+        return quantize_int4(build_model(config, weights)), torch.bfloat16
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[fmt]
     return build_model(config, weights, dtype=dtype), dtype
 

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     kv_cache_gb: float = 1.0
     """Memory for each loaded model's paged KV cache, in GiB."""
 
+    kv_cache_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Keys and values in the paged cache. ``auto``: bfloat16 under int8/int4 weights (half
+    the bytes every decode step reads, twice the context per GiB, as llama.cpp's f16
+    cache), else the compute dtype."""
+
     keep_alive_s: float | None = 300.0
     """A model loaded on demand is unloaded after this long without requests (start-up
     models stay). None keeps every model loaded."""

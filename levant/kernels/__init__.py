@@ -7,7 +7,9 @@ sources, the PyTorch version, the compiler and the CPU's flags, and registers th
 Where there is no compiler, the build fails, or ``LEVANT_KERNELS=0``, it returns False
 and callers use their plain PyTorch path: the same arithmetic, slower.
 
-Ops: ``torch.ops.levant.paged_decode_attention`` (``decode_attention.cpp``).
+Ops: ``torch.ops.levant.paged_decode_attention`` (``decode_attention.cpp``),
+``torch.ops.levant.q4_matmul`` (``q4_matmul.cpp``; ``q4_ready()`` says whether this CPU
+runs its AVX-512 VNNI path).
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ def load() -> bool:
         if _loaded is None:
             _loaded = _load()
         return _loaded
+
+
+def q4_ready() -> bool:
+    """Whether ``levant::q4_matmul`` runs its VNNI path here (else callers keep PyTorch's)."""
+    return load() and bool(torch.ops.levant.q4_available())
 
 
 def _load() -> bool:
@@ -145,3 +152,7 @@ def _register_fakes() -> None:
         scale: float,
     ) -> torch.Tensor:
         return torch.empty_like(q)
+
+    @torch.library.register_fake("levant::q4_matmul")  # type: ignore[untyped-decorator]
+    def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(x.shape[0], packed.shape[0] * 16)

@@ -8,11 +8,13 @@
 // bounds       (R, 2) int64         [start, end): the positions each query sees (end is
 //                                   one past its own position; start > 0 under a window)
 // -> (R, H, D), softmax(q k^T * scale) v per query head; query head h reads kv head
-//    h / (H / KVH) (grouped-query attention). float32 or bfloat16, accumulated in float32.
+//    h / (H / KVH) (grouped-query attention). q (and the result) and the cache each float32
+//    or bfloat16, accumulated in float32.
 //
 // Tasks (a sequence, or a sequence's kv head when there are few sequences) spread over
-// ATen's intra-op threads: scores of the query heads against every visible key, a
-// softmax, then the weighted values; keys and values stream once per task, in slot order.
+// ATen's intra-op threads. Each task makes one pass over its sequence's blocks (online
+// softmax, rescaled once per block, as flash-decoding does): every slot's keys and
+// values are read once, in place, with the next block prefetched.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -70,8 +72,76 @@ inline void axpy(float* a, float p, const T* b, int64_t D) {
 }
 
 template <typename T>
-void decode_attention(const T* q, const T* cache, const int64_t* tables, const int64_t* bounds,
-                      T* out, int64_t R, int64_t H, int64_t KVH, int64_t D, int64_t N,
+inline void prefetch_slot(const T* p, int64_t bytes) {
+#if defined(__AVX512F__)
+  for (int64_t off = 0; off < bytes; off += 64)
+    _mm_prefetch(reinterpret_cast<const char*>(p) + off, _MM_HINT_T0);
+#endif
+}
+
+// The GQ query heads of one kv head against one key (scores) and one value (accumulate):
+// the key or value is loaded once for all of them and their chains run side by side.
+template <int GQ, typename T>
+inline void group_scores(const float* q, const T* k, int64_t D, float* s, int64_t s_stride) {
+#if defined(__AVX512F__)
+  if (D % 16 == 0) {
+    __m512 acc[GQ];
+    for (int h = 0; h < GQ; ++h) acc[h] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 kc = load16(k + d);
+      for (int h = 0; h < GQ; ++h) acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * D + d), kc, acc[h]);
+    }
+    for (int h = 0; h < GQ; ++h) s[h * s_stride] = _mm512_reduce_add_ps(acc[h]);
+    return;
+  }
+#endif
+  for (int h = 0; h < GQ; ++h) s[h * s_stride] = dot(q + h * D, k, D);
+}
+
+template <int GQ, typename T>
+inline void group_values(float* acc, const float* p, int64_t p_stride, const T* v, int64_t D) {
+#if defined(__AVX512F__)
+  if (D % 16 == 0) {
+    __m512 w[GQ];
+    for (int h = 0; h < GQ; ++h) w[h] = _mm512_set1_ps(p[h * p_stride]);
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512 vc = load16(v + d);
+      for (int h = 0; h < GQ; ++h) {
+        float* a = acc + h * D + d;
+        _mm512_storeu_ps(a, _mm512_fmadd_ps(w[h], vc, _mm512_loadu_ps(a)));
+      }
+    }
+    return;
+  }
+#endif
+  for (int h = 0; h < GQ; ++h) axpy(acc + h * D, p[h * p_stride], v, D);
+}
+
+template <int GQ, typename T>
+inline void block_scores(const float* qf, const T* base, const T* next, int64_t n,
+                         int64_t slot_stride, int64_t g0, int64_t heads, int64_t D, float* s,
+                         int64_t bs) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (next != nullptr)  // slot i of the next block, while slot i of this one computes
+      prefetch_slot(next + i * slot_stride, slot_stride * static_cast<int64_t>(sizeof(T)));
+    for (int64_t g = 0; g < heads; ++g)
+      group_scores<GQ>(qf + g * GQ * D, base + i * slot_stride + (g0 + g) * D, D,
+                       s + g * GQ * bs + i, bs);
+  }
+}
+
+template <int GQ, typename T>
+inline void block_values(float* acc, const float* s, const T* base, int64_t n,
+                         int64_t slot_stride, int64_t v0, int64_t heads, int64_t D, int64_t bs) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t g = 0; g < heads; ++g)
+      group_values<GQ>(acc + g * GQ * D, s + g * GQ * bs + i, bs,
+                       base + i * slot_stride + (v0 + g) * D, D);
+}
+
+template <typename Q, typename T>
+void decode_attention(const Q* q, const T* cache, const int64_t* tables, const int64_t* bounds,
+                      Q* out, int64_t R, int64_t H, int64_t KVH, int64_t D, int64_t N,
                       int64_t block_size, float scale) {
   const int64_t G = H / KVH;
   const int64_t slot_stride = 2 * KVH * D;
@@ -80,48 +150,72 @@ void decode_attention(const T* q, const T* cache, const int64_t* tables, const i
   const int64_t split = R >= 2 * at::get_num_threads() ? 1 : KVH;
   const int64_t heads_per_task = KVH / split;
   at::parallel_for(0, R * split, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf, acc, scores, inv_sum;
-    std::vector<int64_t> slots;
+    std::vector<float> qf, acc, m, l, s;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / split, g0 = (task % split) * heads_per_task;
       const int64_t nq = heads_per_task * G;  // query heads of this task: g0 * G ..
-      const int64_t s0 = bounds[2 * r], s1 = bounds[2 * r + 1], L = s1 - s0;
+      const int64_t s0 = bounds[2 * r], s1 = bounds[2 * r + 1];
       const int64_t* table = tables + r * N;
       qf.resize(nq * D);
-      for (int64_t i = 0; i < nq * D; ++i) qf[i] = static_cast<float>(q[(r * H + g0 * G) * D + i]);
-      slots.resize(L);
-      for (int64_t i = 0; i < L; ++i) {
-        const int64_t pos = s0 + i;
-        slots[i] = table[pos / block_size] * block_size + pos % block_size;
-      }
-      scores.resize(nq * L);
-      for (int64_t i = 0; i < L; ++i) {
-        const T* k = cache + slots[i] * slot_stride + g0 * D;
-        for (int64_t h = 0; h < nq; ++h)
-          scores[h * L + i] = scale * dot(qf.data() + h * D, k + (h / G) * D, D);
-      }
-      inv_sum.resize(nq);
-      for (int64_t h = 0; h < nq; ++h) {
-        float* s = scores.data() + h * L;
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < L; ++i) m = std::max(m, s[i]);
-        float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < L; ++i) {
-          s[i] = expf(s[i] - m);
-          sum += s[i];
-        }
-        inv_sum[h] = 1.f / sum;
-      }
+      for (int64_t i = 0; i < nq * D; ++i)
+        qf[i] = scale * static_cast<float>(q[(r * H + g0 * G) * D + i]);
       acc.assign(nq * D, 0.f);
-      for (int64_t i = 0; i < L; ++i) {
-        const T* v = cache + slots[i] * slot_stride + (KVH + g0) * D;
-        for (int64_t h = 0; h < nq; ++h)
-          axpy(acc.data() + h * D, scores[h * L + i], v + (h / G) * D, D);
+      m.assign(nq, -std::numeric_limits<float>::infinity());
+      l.assign(nq, 0.f);
+      s.resize(nq * block_size);
+      // One pass over the visible positions, a block (or the part of it that is visible)
+      // at a time: scores, the running max and sum rescaled once per block, the values.
+      for (int64_t p0 = s0; p0 < s1;) {
+        const int64_t blk = table[p0 / block_size], off = p0 % block_size;
+        const int64_t n = std::min(block_size - off, s1 - p0);
+        const T* base = cache + (blk * block_size + off) * slot_stride;
+        const T* next = p0 + n < s1 ? cache + table[(p0 + n) / block_size] * block_size * slot_stride
+                                    : nullptr;
+        switch (G) {  // query heads per kv head, unrolled for the usual group sizes
+#define LEVANT_SCORES(GQ) \
+  case GQ: block_scores<GQ>(qf.data(), base, next, n, slot_stride, g0, heads_per_task, D, s.data(), block_size); break;
+          LEVANT_SCORES(1) LEVANT_SCORES(2) LEVANT_SCORES(3) LEVANT_SCORES(4)
+          LEVANT_SCORES(5) LEVANT_SCORES(6) LEVANT_SCORES(7) LEVANT_SCORES(8)
+#undef LEVANT_SCORES
+          default:
+            for (int64_t i = 0; i < n; ++i)
+              for (int64_t h = 0; h < nq; ++h)
+                s[h * block_size + i] =
+                    dot(qf.data() + h * D, base + i * slot_stride + (g0 + h / G) * D, D);
+        }
+        for (int64_t h = 0; h < nq; ++h) {
+          float* sh = s.data() + h * block_size;
+          float mx = m[h];
+          for (int64_t i = 0; i < n; ++i) mx = std::max(mx, sh[i]);
+          const float correction = expf(m[h] - mx);  // 0 on the first block (m = -inf)
+          float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t i = 0; i < n; ++i) {
+            sh[i] = expf(sh[i] - mx);
+            sum += sh[i];
+          }
+          l[h] = l[h] * correction + sum;
+          m[h] = mx;
+          if (correction != 1.f)
+            for (int64_t d = 0; d < D; ++d) acc[h * D + d] *= correction;
+        }
+        switch (G) {
+#define LEVANT_VALUES(GQ) \
+  case GQ: block_values<GQ>(acc.data(), s.data(), base, n, slot_stride, KVH + g0, heads_per_task, D, block_size); break;
+          LEVANT_VALUES(1) LEVANT_VALUES(2) LEVANT_VALUES(3) LEVANT_VALUES(4)
+          LEVANT_VALUES(5) LEVANT_VALUES(6) LEVANT_VALUES(7) LEVANT_VALUES(8)
+#undef LEVANT_VALUES
+          default:
+            for (int64_t i = 0; i < n; ++i)
+              for (int64_t h = 0; h < nq; ++h)
+                axpy(acc.data() + h * D, s[h * block_size + i],
+                     base + i * slot_stride + (KVH + g0 + h / G) * D, D);
+        }
+        p0 += n;
       }
       for (int64_t h = 0; h < nq; ++h)
         for (int64_t d = 0; d < D; ++d)
-          out[(r * H + g0 * G + h) * D + d] = static_cast<T>(acc[h * D + d] * inv_sum[h]);
+          out[(r * H + g0 * G + h) * D + d] = static_cast<Q>(acc[h * D + d] / l[h]);
     }
   });
 }
@@ -130,7 +224,6 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& kv_cach
                                   const at::Tensor& block_tables, const at::Tensor& bounds,
                                   int64_t block_size, double scale) {
   TORCH_CHECK(q.dim() == 3 && kv_cache.dim() == 3, "q (R, H, D) and kv_cache (S, 2 * KVH, D)");
-  TORCH_CHECK(q.scalar_type() == kv_cache.scalar_type(), "q and kv_cache share one dtype");
   TORCH_CHECK(q.is_contiguous() && kv_cache.is_contiguous(), "q and kv_cache must be contiguous");
   TORCH_CHECK(block_tables.scalar_type() == at::kLong && bounds.scalar_type() == at::kLong,
               "block_tables and bounds are int64");
@@ -150,17 +243,20 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& kv_cach
       TORCH_CHECK(0 <= t[r * N + i] && t[r * N + i] < num_blocks, "block id out of the cache");
   }
   at::Tensor out = at::empty_like(q);
-  if (q.scalar_type() == at::kFloat) {
-    decode_attention<float>(q.data_ptr<float>(), kv_cache.data_ptr<float>(),
-                            block_tables.data_ptr<int64_t>(), b, out.data_ptr<float>(), R, H,
-                            KVH, D, N, block_size, static_cast<float>(scale));
-  } else {
-    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "float32 or bfloat16");
-    decode_attention<c10::BFloat16>(
-        q.data_ptr<c10::BFloat16>(), kv_cache.data_ptr<c10::BFloat16>(),
-        block_tables.data_ptr<int64_t>(), b, out.data_ptr<c10::BFloat16>(), R, H, KVH, D, N,
-        block_size, static_cast<float>(scale));
-  }
+  const auto qt = q.scalar_type(), ct = kv_cache.scalar_type();
+  TORCH_CHECK((qt == at::kFloat || qt == at::kBFloat16) && (ct == at::kFloat || ct == at::kBFloat16),
+              "q and kv_cache: float32 or bfloat16");
+  const int64_t* tab = block_tables.data_ptr<int64_t>();
+  const float sc = static_cast<float>(scale);
+  auto run = [&](auto* qp, const auto* cp) {
+    decode_attention(qp, cp, tab, b, static_cast<decltype(qp)>(out.data_ptr()), R, H, KVH, D, N,
+                     block_size, sc);
+  };
+  using bf16 = c10::BFloat16;
+  if (qt == at::kFloat && ct == at::kFloat) run(q.data_ptr<float>(), kv_cache.data_ptr<float>());
+  if (qt == at::kFloat && ct == at::kBFloat16) run(q.data_ptr<float>(), kv_cache.data_ptr<bf16>());
+  if (qt == at::kBFloat16 && ct == at::kFloat) run(q.data_ptr<bf16>(), kv_cache.data_ptr<float>());
+  if (qt == at::kBFloat16 && ct == at::kBFloat16) run(q.data_ptr<bf16>(), kv_cache.data_ptr<bf16>());
   return out;
 }
 

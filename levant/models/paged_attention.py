@@ -1,7 +1,9 @@
 """Attention over a paged KV cache, for a flattened batch of sequences in one forward pass.
 
 Keys and values live together, one tensor per layer (the keys' heads, then the values'),
-in fixed-size blocks of slots (slot = block * block_size + offset);
+in fixed-size blocks of slots (slot = block * block_size + offset), in the cache's own
+dtype (which may be narrower than the model's: bf16 keys and values for a quantized
+model whose activations are float32);
 which blocks belong to which sequence (its block table) is the engine's business. This
 module writes each new token's key/value at the slot it is given and attends each
 sequence over its own slots, honouring causality and the sliding window.
@@ -152,7 +154,7 @@ class PagedAttention:
     def __call__(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         q, kv = q[0], kv[0]  # (N, n_heads, head_dim), (N, 2 * n_kv_heads, head_dim)
         kv_cache = self.cache.kv[layer]
-        kv_cache.index_copy_(0, self.slot_mapping, kv)
+        kv_cache.index_copy_(0, self.slot_mapping, kv.to(kv_cache.dtype))
         if len(self.groups) == 1:  # all decodes, or one prefill: rows are 0..N-1 in order
             return self._attend(self.groups[0], q, kv, kv_cache)[None]
         out = torch.empty_like(q)  # (N, n_heads, head_dim)
@@ -165,7 +167,7 @@ class PagedAttention:
     ) -> torch.Tensor:
         """This group's queries (R * Q, n_heads, hd) -> their outputs, the same shape."""
         R, (_, n_heads, hd), n_kv_heads = group.num_seqs, q.shape, kv.shape[1] // 2
-        if group.bounds is not None and group.kv_blocks is not None and kernels.load():
+        if group.bounds is not None and group.kv_blocks is not None and kernel_runs(q, kv_cache):
             out: torch.Tensor = torch.ops.levant.paged_decode_attention(
                 q[group.rows].contiguous(),
                 kv_cache,
@@ -180,7 +182,13 @@ class PagedAttention:
             kvg = kv[group.rows].view(R, -1, 2 * n_kv_heads, hd)  # (R, Q, 2 * n_kv_heads, hd)
         else:
             kvg = gather_blocks(kv_cache, group.kv_blocks, self.cache.block_size, R)
-        return attend_group(qg, kvg, group.mask)
+        return attend_group(qg, kvg.to(qg.dtype), group.mask)
+
+
+def kernel_runs(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
+    """Whether levant::paged_decode_attention is built and takes these dtypes."""
+    ok = (torch.float32, torch.bfloat16)
+    return q.dtype in ok and kv_cache.dtype in ok and kernels.load()
 
 
 def gather_blocks(kv_cache: torch.Tensor, blocks: torch.Tensor, bs: int, R: int) -> torch.Tensor:
@@ -229,9 +237,9 @@ class DecodeAttention:
     def __call__(self, layer: int, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
         q, kv = q[0], kv[0]  # (R, n_heads, head_dim), (R, 2 * n_kv_heads, head_dim)
         kv_cache = self.cache.kv[layer]
-        kv_cache.index_copy_(0, self.slot_mapping, kv)
+        kv_cache.index_copy_(0, self.slot_mapping, kv.to(kv_cache.dtype))
         R, bs = q.shape[0], self.cache.block_size
-        if self.kernel:
+        if self.kernel and kernel_runs(q, kv_cache):
             out: torch.Tensor = torch.ops.levant.paged_decode_attention(
                 q.contiguous(),
                 kv_cache,
@@ -241,5 +249,5 @@ class DecodeAttention:
                 q.shape[-1] ** -0.5,
             )
             return out[None]  # (1, R, n_heads, head_dim)
-        kvg = gather_blocks(kv_cache, self.kv_blocks, bs, R)
+        kvg = gather_blocks(kv_cache, self.kv_blocks, bs, R).to(q.dtype)
         return attend_group(q[:, None], kvg, self.mask)[None]  # (1, R, n_heads, head_dim)

@@ -33,17 +33,17 @@ from __future__ import annotations
 import abc
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from levant import kernels
 from levant.models.dense_linear import PackedBF16
 from levant.models.transformer import Transformer
 
 DENSE_ABOVE = 4  # rows per call above which the dense bf16 copy is used, until tuned
 GROUP_SIZE = 32  # int4: input features per scale/minimum, as GGUF's Q4_1
-TUNE_ROWS = (1, 2, 4, 8, 16)  # the row counts ``tune_dense_above`` times
+TUNE_ROWS = (1, 2, 4, 8, 16, 32)  # the row counts ``tune_dense_above`` times
 
 
 class _WeightOnlyLinear(nn.Module, abc.ABC):
@@ -58,12 +58,12 @@ class _WeightOnlyLinear(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
-        """(M, in) bf16 -> (M, out) with the quantized kernel."""
+        """(M, in) -> (M, out) with the quantized kernel (which casts x as it needs)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, in)
+        x2 = x.reshape(-1, self.in_features)  # (M, in)
         if self.dense is not None and x2.shape[0] > self.dense_above:
-            y = self.dense(x2)
+            y = self.dense(x2.to(torch.bfloat16))
         else:
             y = self._quantized_mm(x2)  # (M, out)
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -85,7 +85,9 @@ class Int8Linear(_WeightOnlyLinear):
         self.dense = PackedBF16(q.float() * self.scales.float()[:, None]) if dense else None
 
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(x, self.weight, self.scales)
+        y: torch.Tensor = torch.ops.aten._weight_int8pack_mm(
+            x.to(torch.bfloat16), self.weight, self.scales
+        )
         return y
 
     def extra_repr(self) -> str:
@@ -114,14 +116,23 @@ class Int4Linear(_WeightOnlyLinear):
         codes = q.to(torch.int32).view(out, k)
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
         self.register_buffer("scales_and_zeros", sz.transpose(0, 1).contiguous())  # (g, out, 2)
+        # The same codes for levant::q4_matmul (AVX-512 VNNI), where this CPU runs it.
+        self.q4: tuple[torch.Tensor, torch.Tensor] | None = None
+        if out % 16 == 0 and kernels.q4_ready():
+            s16, z16 = sz.float().unbind(-1)  # w = (q - 8) * s + z = q * s + (z - 8 s)
+            self.q4 = pack_q4(codes, s16, z16 - 8 * s16)
         self.dense = None
         if dense:  # dequantized from the bf16 scales, as the kernel does
             s, z = sz.float().unbind(-1)
             self.dense = PackedBF16(((q - 8) * s[..., None] + z[..., None]).view(out, k))
 
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
+        if self.q4 is not None:
+            packed, scales = self.q4
+            q4: torch.Tensor = torch.ops.levant.q4_matmul(x.float().contiguous(), packed, scales)
+            return q4
         y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x, self.packed, self.group_size, self.scales_and_zeros
+            x.to(torch.bfloat16), self.packed, self.group_size, self.scales_and_zeros
         )
         return y
 
@@ -135,6 +146,22 @@ class Int4Linear(_WeightOnlyLinear):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4"
+
+
+def pack_q4(
+    codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """4-bit codes (N, K) and per-group d, m (N, K / 32) -> levant::q4_matmul's layout:
+    packed (N / 16, K / 32, 4, 64) uint8 and scales (N / 16, K / 32, 2, 16) float32, where
+    w = d * q + m (see ``levant/kernels/q4_matmul.cpp``)."""
+    n, k = codes.shape
+    nt, g = n // 16, k // GROUP_SIZE
+    # input 32 g + 8 p + 4 half + i of output 16 t + j
+    c = codes.to(torch.uint8).view(nt, 16, g, 4, 2, 4)
+    nibbles = c[..., 0, :] | (c[..., 1, :] << 4)  # (t, j, g, p, i)
+    packed = nibbles.permute(0, 2, 3, 1, 4).reshape(nt, g, 4, 64).contiguous()
+    scales = torch.stack([d.float(), m.float()], dim=-1).view(nt, 16, g, 2)
+    return packed, scales.permute(0, 2, 3, 1).contiguous()  # (t, g, d | m, j)
 
 
 def _unpack_int4(packed: torch.Tensor, out: int, k: int, group_size: int) -> torch.Tensor:
@@ -188,24 +215,25 @@ def dense_copy_bytes(model: nn.Module) -> int:
     return sum(m.dense.nbytes() for m in quantized_layers(model) if m.dense is not None)
 
 
-def tune_dense_above(model: nn.Module, *, repeats: int = 7) -> dict[tuple[int, int], int]:
+def tune_dense_above(model: nn.Module, *, repeats: int = 3) -> dict[tuple[int, int], int]:
     """For each distinct matrix shape among the model's quantized layers, time both
     kernels at ``TUNE_ROWS`` rows and set ``dense_above`` of the layers of that shape to
     the largest row count below the first one where the dense copy wins (the quantized
-    kernel's cost grows with rows, the dense one's barely does). Call it on the thread,
-    and with the thread count, that will run the steps. Returns {(out, in): rows}."""
+    kernel's cost grows with rows, the dense one's barely does). Each timing runs every
+    layer of the shape in turn, so the weights stream from memory as in a real step (one
+    matrix alone would sit in cache and flatter the dense copy, which reads 2 to 4 times
+    the bytes). Call it on the thread, and with the thread count, that will run the
+    steps. Returns {(out, in): rows}."""
     by_shape: dict[tuple[int, int], list[_WeightOnlyLinear]] = {}
     for m in quantized_layers(model):
         if m.dense is not None:
             by_shape.setdefault((m.out_features, m.in_features), []).append(m)
     chosen: dict[tuple[int, int], int] = {}
     for shape, layers in by_shape.items():
-        probe, dense = layers[0], layers[0].dense
-        assert dense is not None
         rows = TUNE_ROWS[-1]
         for i, n in enumerate(TUNE_ROWS):
-            x = torch.randn(n, probe.in_features).to(torch.bfloat16)
-            if _median_ms(dense, x, repeats) < _median_ms(probe._quantized_mm, x, repeats):
+            x = torch.randn(n, shape[1])
+            if _median_ms(layers, True, x, repeats) < _median_ms(layers, False, x, repeats):
                 rows = TUNE_ROWS[i - 1] if i else 0
                 break
         for layer in layers:
@@ -214,12 +242,25 @@ def tune_dense_above(model: nn.Module, *, repeats: int = 7) -> dict[tuple[int, i
     return chosen
 
 
-def _median_ms(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+def _median_ms(
+    layers: list[_WeightOnlyLinear], dense: bool, x: torch.Tensor, repeats: int
+) -> float:
+    """Median time of one pass of ``x`` through every layer, with one kernel."""
+    xb = x.to(torch.bfloat16)
+
+    def one_pass() -> None:
+        for layer in layers:
+            if dense:
+                assert layer.dense is not None
+                layer.dense(xb)
+            else:
+                layer._quantized_mm(x)
+
     with torch.inference_mode():
-        fn(x)  # first call: allocation, oneDNN primitive creation
+        one_pass()  # first call: allocation, oneDNN primitive creation
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            fn(x)
+            one_pass()
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3

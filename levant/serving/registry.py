@@ -58,6 +58,13 @@ class OutOfModelMemory(RuntimeError):
     """Loading a model would exceed ``models_memory_gb`` even after unloading idle ones."""
 
 
+def kv_cache_dtype(s: Settings) -> torch.dtype:
+    """``kv_cache_dtype``, with ``auto`` resolved (bf16 under quantized weights)."""
+    if s.kv_cache_dtype != "auto":
+        return _DTYPES[s.kv_cache_dtype]
+    return torch.bfloat16 if s.dtype in _QUANTIZERS else _DTYPES[s.dtype]
+
+
 def _tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -227,17 +234,19 @@ class ModelRegistry:
                 config,
                 max_context=card.max_context_length,
                 device=s.device,
-                dtype=dtype,
+                dtype=kv_cache_dtype(s),
                 model_id=card.id,
                 kv_cache_bytes=int(s.kv_cache_gb * (1 << 30)),
                 max_num_batched_tokens=s.max_batched_tokens,
                 compile_decode=s.compile,
             )
         log.info(
-            "%s: KV cache holds %d tokens of context across all requests (%.2f GiB, %s)",
+            "%s: KV cache holds %d tokens of context across all requests (%.2f GiB, %s"
+            " keys and values; %s weights)",
             card.id,
             engine.kv_cache_tokens,
             s.kv_cache_gb,
+            str(engine.dtype).removeprefix("torch."),
             s.dtype,
         )
         async_engine = AsyncEngine(

@@ -1,0 +1,181 @@
+// levant::q4_matmul -- y = x @ W^T for 4-bit weights in groups of 32 (GGUF Q4_1 arithmetic:
+// w = d * q + m, q in 0..15) on AVX-512 VNNI, for the few-row steps of batched decoding.
+//
+// The activations are quantized per row and group of 32 to int8 with one scale (as
+// llama.cpp's Q8_1 does for its Q4_1 dot products); each group's integer dot product is one
+// vpdpbusd per 4 inputs for 16 outputs, then y += d_w * d_x * dot + m_w * d_x * sum(q_x).
+// The weights are read once per call for every 8 rows, from a layout packed at load:
+//
+// packed  (N / 16, K / 32, 4, 64) uint8: for output tile t, group g and quad pair p, byte
+//         4 * j + i holds q[16 t + j][32 g + 8 p + i] in its low nibble and
+//         q[16 t + j][32 g + 8 p + 4 + i] in its high nibble (j < 16 outputs, i < 4 inputs)
+// scales  (N / 16, K / 32, 2, 16) float32: d then m of each output of the tile, per group
+// x       (M, K) float32 -> y (M, N) float32
+//
+// ``levant::q4_available()`` says whether this build has the VNNI path; without it the op
+// computes the same arithmetic in plain loops (for tests; callers use PyTorch's kernels).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LEVANT_VNNI 1
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int64_t GROUP = 32;
+constexpr int64_t TILE = 16;  // outputs per tile (one 16-lane register)
+
+// Row r's activations, quantized: q (K) int8, and per group d and d * sum(q).
+struct QuantizedRows {
+  std::vector<int8_t> q;
+  std::vector<float> d, dsum;
+};
+
+QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K) {
+  const int64_t G = K / GROUP;
+  QuantizedRows out{std::vector<int8_t>(M * K), std::vector<float>(M * G), std::vector<float>(M * G)};
+  at::parallel_for(0, M * G, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t rg = begin; rg < end; ++rg) {
+      const float* xs = x + (rg / G) * K + (rg % G) * GROUP;
+      float amax = 0.f;
+      for (int64_t i = 0; i < GROUP; ++i) amax = std::max(amax, std::fabs(xs[i]));
+      const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
+      int32_t sum = 0;
+      int8_t* q = out.q.data() + (rg / G) * K + (rg % G) * GROUP;
+      for (int64_t i = 0; i < GROUP; ++i) {
+        const int32_t v = static_cast<int32_t>(std::nearbyint(xs[i] * inv));
+        q[i] = static_cast<int8_t>(std::clamp(v, -127, 127));
+        sum += q[i];
+      }
+      out.d[rg] = d;
+      out.dsum[rg] = d * static_cast<float>(sum);
+    }
+  });
+  return out;
+}
+
+#ifdef LEVANT_VNNI
+// Rows r0 .. r0 + MT - 1 of output tile t.
+template <int MT>
+inline void tile_rows(const uint8_t* packed, const float* scales, const QuantizedRows& xq,
+                      float* y, int64_t r0, int64_t t, int64_t K, int64_t N) {
+  const int64_t G = K / GROUP;
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  __m512 acc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
+  const uint8_t* w = packed + t * G * 256;
+  const float* s = scales + t * G * 32;
+  for (int64_t g = 0; g < G; ++g, w += 256, s += 32) {
+    __m512i dot[MT];
+    for (int r = 0; r < MT; ++r) dot[r] = _mm512_setzero_si512();
+    for (int p = 0; p < 4; ++p) {
+      const __m512i v = _mm512_loadu_si512(w + 64 * p);
+      const __m512i lo = _mm512_and_si512(v, low);
+      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+      for (int r = 0; r < MT; ++r) {
+        const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
+        dot[r] = _mm512_dpbusd_epi32(dot[r], lo, _mm512_set1_epi32(xr[2 * p]));
+        dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(xr[2 * p + 1]));
+      }
+    }
+    const __m512 dw = _mm512_loadu_ps(s), mw = _mm512_loadu_ps(s + 16);
+    for (int r = 0; r < MT; ++r) {
+      const int64_t rg = (r0 + r) * G + g;
+      const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xq.d[rg]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), scale, acc[r]);
+      acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.dsum[rg]), acc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, acc[r]);
+}
+
+template <int MT>
+void rows_upto(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
+               int64_t r0, int64_t rows, int64_t t, int64_t K, int64_t N) {
+  if constexpr (MT > 1) {
+    if (rows < MT) return rows_upto<MT - 1>(packed, scales, xq, y, r0, rows, t, K, N);
+  }
+  tile_rows<MT>(packed, scales, xq, y, r0, t, K, N);
+}
+#endif
+
+// The same arithmetic in plain loops.
+void reference_tile(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
+                    int64_t M, int64_t t, int64_t K, int64_t N) {
+  const int64_t G = K / GROUP;
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t j = 0; j < TILE; ++j) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < G; ++g) {
+        const uint8_t* w = packed + (t * G + g) * 256;
+        const float* s = scales + (t * G + g) * 32;
+        int32_t dot = 0;
+        for (int64_t p = 0; p < 4; ++p)
+          for (int64_t i = 0; i < 4; ++i) {
+            const uint8_t b = w[64 * p + 4 * j + i];
+            dot += (b & 0x0F) * xq.q[r * K + g * GROUP + 8 * p + i];
+            dot += (b >> 4) * xq.q[r * K + g * GROUP + 8 * p + 4 + i];
+          }
+        acc += s[j] * xq.d[r * G + g] * static_cast<float>(dot) + s[16 + j] * xq.dsum[r * G + g];
+      }
+      y[r * N + t * TILE + j] = acc;
+    }
+}
+
+at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "x: contiguous (M, K) float32");
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(2) == 4 && packed.size(3) == 64,
+              "packed: contiguous (N / 16, K / 32, 4, 64) uint8");
+  const int64_t M = x.size(0), K = x.size(1), NT = packed.size(0), N = NT * TILE;
+  TORCH_CHECK(K % GROUP == 0 && packed.size(1) == K / GROUP, "K does not match the packing");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 4 &&
+                  scales.size(0) == NT && scales.size(1) == K / GROUP && scales.size(2) == 2 &&
+                  scales.size(3) == TILE,
+              "scales: contiguous (N / 16, K / 32, 2, 16) float32");
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const float* s = scales.data_ptr<float>();
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, NT, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+#ifdef LEVANT_VNNI
+      for (int64_t r0 = 0; r0 < M; r0 += 8)
+        rows_upto<8>(w, s, xq, out, r0, std::min<int64_t>(8, M - r0), t, K, N);
+#else
+      reference_tile(w, s, xq, out, M, t, K, N);
+#endif
+    }
+  });
+  return y;
+}
+
+bool q4_available() {
+#ifdef LEVANT_VNNI
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(levant, m) {
+  m.def("q4_matmul(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("q4_available() -> bool", &q4_available);
+}
+
+TORCH_LIBRARY_IMPL(levant, CPU, m) { m.impl("q4_matmul", &q4_matmul); }
