@@ -167,7 +167,8 @@ class PagedAttention:
     ) -> torch.Tensor:
         """This group's queries (R * Q, n_heads, hd) -> their outputs, the same shape."""
         R, (_, n_heads, hd), n_kv_heads = group.num_seqs, q.shape, kv.shape[1] // 2
-        if group.bounds is not None and group.kv_blocks is not None and kernel_runs(q, kv_cache):
+        kernel = kernel_takes(q, kv_cache) and kernels.load()
+        if group.bounds is not None and group.kv_blocks is not None and kernel:
             out: torch.Tensor = torch.ops.levant.paged_decode_attention(
                 q[group.rows].contiguous(),
                 kv_cache,
@@ -185,10 +186,11 @@ class PagedAttention:
         return attend_group(qg, kvg.to(qg.dtype), group.mask)
 
 
-def kernel_runs(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
-    """Whether levant::paged_decode_attention is built and takes these dtypes."""
+def kernel_takes(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
+    """Whether levant::paged_decode_attention takes these dtypes (``kernels.load()`` says
+    whether it is built)."""
     ok = (torch.float32, torch.bfloat16)
-    return q.dtype in ok and kv_cache.dtype in ok and kernels.load()
+    return q.dtype in ok and kv_cache.dtype in ok
 
 
 def gather_blocks(kv_cache: torch.Tensor, blocks: torch.Tensor, bs: int, R: int) -> torch.Tensor:
@@ -239,7 +241,7 @@ class DecodeAttention:
         kv_cache = self.cache.kv[layer]
         kv_cache.index_copy_(0, self.slot_mapping, kv.to(kv_cache.dtype))
         R, bs = q.shape[0], self.cache.block_size
-        if self.kernel and kernel_runs(q, kv_cache):
+        if self.kernel and kernel_takes(q, kv_cache):  # (no lock taken here: dynamo traces it)
             out: torch.Tensor = torch.ops.levant.paged_decode_attention(
                 q.contiguous(),
                 kv_cache,
