@@ -23,6 +23,7 @@ PASSED_ON = (
     "device",
     "dtype",
     "kv_cache_gb",
+    "kv_cache_dtype",
     "max_batched_tokens",
     "max_waiting_requests",
     "request_timeout_s",
