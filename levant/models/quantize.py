@@ -97,6 +97,8 @@ class Int8Linear(_WeightOnlyLinear):
 class Int4Linear(_WeightOnlyLinear):
     packed: torch.Tensor
     scales_and_zeros: torch.Tensor
+    q4_packed: torch.Tensor | None  # levant::q4_matmul's layout, where the CPU runs it
+    q4_scales: torch.Tensor | None
 
     def __init__(
         self, weight: torch.Tensor, *, group_size: int = GROUP_SIZE, dense: bool = True
@@ -117,19 +119,23 @@ class Int4Linear(_WeightOnlyLinear):
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
         self.register_buffer("scales_and_zeros", sz.transpose(0, 1).contiguous())  # (g, out, 2)
         # The same codes for levant::q4_matmul (AVX-512 VNNI), where this CPU runs it.
-        self.q4: tuple[torch.Tensor, torch.Tensor] | None = None
+        # (Buffers, so that the registry's memory accounting counts them.)
+        q4: tuple[torch.Tensor, torch.Tensor] | tuple[None, None] = (None, None)
         if out % 16 == 0 and kernels.q4_ready():
             s16, z16 = sz.float().unbind(-1)  # w = (q - 8) * s + z = q * s + (z - 8 s)
-            self.q4 = pack_q4(codes, s16, z16 - 8 * s16)
+            q4 = pack_q4(codes, s16, z16 - 8 * s16)
+        self.register_buffer("q4_packed", q4[0])
+        self.register_buffer("q4_scales", q4[1])
         self.dense = None
         if dense:  # dequantized from the bf16 scales, as the kernel does
             s, z = sz.float().unbind(-1)
             self.dense = PackedBF16(((q - 8) * s[..., None] + z[..., None]).view(out, k))
 
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
-        if self.q4 is not None:
-            packed, scales = self.q4
-            q4: torch.Tensor = torch.ops.levant.q4_matmul(x.float().contiguous(), packed, scales)
+        if self.q4_packed is not None:
+            q4: torch.Tensor = torch.ops.levant.q4_matmul(
+                x.float().contiguous(), self.q4_packed, self.q4_scales
+            )
             return q4
         y: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.to(torch.bfloat16), self.packed, self.group_size, self.scales_and_zeros

@@ -44,7 +44,7 @@ def test_matches_the_arithmetic_written_out(rows: int, n: int, k: int) -> None:
 def test_int4_linear_quantized_step_is_close_to_the_dequantized_matmul() -> None:
     g = torch.Generator().manual_seed(5)
     layer = Int4Linear(torch.randn(96, 128, generator=g) * 0.02)
-    assert layer.q4 is not None
+    assert layer.q4_packed is not None and layer.q4_scales is not None
     x = torch.randn(6, 128, generator=g)
     expected = x @ layer.dequantized().T
     got = layer._quantized_mm(x)
