@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     kernels; int4 keeps the output head in int8)."""
 
     compile: bool = False
-    """Compile the single-stream decode step with ``torch.compile`` at model load (about a
-    minute per model on two cores; a C++ compiler must be installed)."""
+    """Compile the decode steps (every running sequence decoding one token) with
+    ``torch.compile`` at model load (one to a few minutes per model on two cores, less
+    with Inductor's on-disk cache; a C++ compiler must be installed)."""
 
     kv_cache_gb: float = 1.0
     """Memory for each loaded model's paged KV cache, in GiB."""

@@ -55,8 +55,8 @@ class LLMEngine:
     ) -> None:
         """``kv_cache_bytes`` sizes the paged cache (default 1 GiB); ``max_context`` is
         also capped by it, so that a request alone always fits. ``dtype`` is the cache's.
-        ``compile_decode`` compiles the single-stream decode step (about a minute), in
-        ``warm_up`` or else at the first such step."""
+        ``compile_decode`` compiles the decode steps (every sequence decoding one token;
+        a minute or more), in ``warm_up`` or else at the first such step."""
         self.model = model
         self.config = config
         self.device = torch.device(device)
@@ -77,7 +77,7 @@ class LLMEngine:
             clock=clock,
             metrics=self.metrics,
         )
-        compiled = CompiledDecode(model) if compile_decode else None
+        compiled = CompiledDecode(model, max_num_seqs) if compile_decode else None
         self.runner = ModelRunner(model, self.kv_cache, self.device, compiled)
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 

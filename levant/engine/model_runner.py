@@ -2,7 +2,7 @@
 
 Flattens the step's requests into one sequence (B = 1) with per-token positions and cache
 slots, runs the model over the paged cache, and samples the rows that end a sequence.
-With a ``CompiledDecode``, a step where a single sequence decodes one token runs compiled.
+With a ``CompiledDecode``, a step where every sequence decodes one token runs compiled.
 """
 
 from __future__ import annotations
@@ -60,9 +60,10 @@ class ModelRunner:
 
         window = self.model.config.sliding_window
         groups = plan_attention(chunks, bs, window, self.device)
-        if self.compiled is not None and len(tokens) == len(chunks) == 1:  # one decode
+        compiled = self.compiled
+        if compiled is not None and 0 < len(tokens) == len(chunks) <= compiled.max_rows:  # decodes
             decode = DecodeAttention.of(self.cache, tensor(slots), groups[0])
-            h = self.compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
+            h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
         else:
             attend = PagedAttention(self.cache, tensor(slots), groups)
             h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
