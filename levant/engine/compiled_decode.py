@@ -23,12 +23,17 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.fx.experimental._config as fx_config
 
 from levant.models.paged_attention import DecodeAttention, PagedKVCache
 from levant.models.quantize import quantized_layers
 from levant.models.transformer import Transformer
 
 log = logging.getLogger(__name__)
+
+# Sizes that happen to be equal while tracing (a warm-up's row count and the 2 of bounds'
+# (R, 2)) must not be assumed equal forever: each would be a recompile mid-request.
+fx_config.use_duck_shape = False
 
 Forward = Callable[[torch.Tensor, torch.Tensor, DecodeAttention], torch.Tensor]
 
@@ -60,10 +65,13 @@ class CompiledDecode:
         device = cache.kv[0].device
         rows = self.warm_up_rows()
         for r in rows:
+            # Three blocks per sequence: a size of 1 would be specialized (dynamo's 0/1
+            # rule) and the first longer context would compile again, mid-request.
             zeros = torch.zeros(r, dtype=torch.long, device=device)
-            mask = torch.zeros(r, 1, 1, cache.block_size, dtype=torch.bool, device=device)
+            blocks = torch.zeros(3 * r, dtype=torch.long, device=device)
+            mask = torch.zeros(r, 1, 1, 3 * cache.block_size, dtype=torch.bool, device=device)
             mask[..., 0] = True
             bounds = torch.tensor([[0, 1]] * r, device=device)
-            attend = DecodeAttention(cache, zeros.clone(), zeros.clone(), mask, bounds)
+            attend = DecodeAttention(cache, zeros.clone(), blocks, mask, bounds)
             self(zeros, zeros.clone(), attend)
         log.info("compiled the decode step for %s sequences in %.0f s", rows, time.monotonic() - t0)

@@ -42,12 +42,30 @@ class PackedBF16:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, in) bf16 -> (M, out) bf16."""
-        if self.packed:
-            y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-                x.contiguous(), self.weight, None, "none", [], ""
-            )
+        if not self.packed:
+            return F.linear(x, self.weight)
+        if torch.compiler.is_compiling():  # Inductor cannot lower the oneDNN op itself
+            y: torch.Tensor = packed_linear(x, self.weight)
             return y
-        return F.linear(x, self.weight)
+        return _packed_linear(x, self.weight)
 
     def nbytes(self) -> int:
         return self.out_features * self.in_features * 2
+
+
+def _packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    y: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+        x.contiguous(), weight, None, "none", [], ""
+    )
+    return y
+
+
+@torch.library.custom_op("levant::packed_bf16_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The oneDNN matmul as an opaque op, which a compiled graph calls as it is."""
+    return _packed_linear(x, weight)
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
