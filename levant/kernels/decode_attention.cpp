@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -139,6 +140,21 @@ inline void block_values(float* acc, const float* s, const T* base, int64_t n,
                        base + i * slot_stride + (v0 + g) * D, D);
 }
 
+// Calls f(std::integral_constant<int, G>) for the usual group sizes (query heads per kv
+// head: unrolled code); false for any other, which takes the plain loops.
+template <typename F>
+inline bool with_group_size(int64_t G, F&& f) {
+  switch (G) {
+    case 1: f(std::integral_constant<int, 1>{}); return true;
+    case 2: f(std::integral_constant<int, 2>{}); return true;
+    case 3: f(std::integral_constant<int, 3>{}); return true;
+    case 4: f(std::integral_constant<int, 4>{}); return true;
+    case 6: f(std::integral_constant<int, 6>{}); return true;
+    case 8: f(std::integral_constant<int, 8>{}); return true;
+    default: return false;
+  }
+}
+
 template <typename Q, typename T>
 void decode_attention(const Q* q, const T* cache, const int64_t* tables, const int64_t* bounds,
                       Q* out, int64_t R, int64_t H, int64_t KVH, int64_t D, int64_t N,
@@ -171,18 +187,15 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
         const T* base = cache + (blk * block_size + off) * slot_stride;
         const T* next = p0 + n < s1 ? cache + table[(p0 + n) / block_size] * block_size * slot_stride
                                     : nullptr;
-        switch (G) {  // query heads per kv head, unrolled for the usual group sizes
-#define LEVANT_SCORES(GQ) \
-  case GQ: block_scores<GQ>(qf.data(), base, next, n, slot_stride, g0, heads_per_task, D, s.data(), block_size); break;
-          LEVANT_SCORES(1) LEVANT_SCORES(2) LEVANT_SCORES(3) LEVANT_SCORES(4)
-          LEVANT_SCORES(5) LEVANT_SCORES(6) LEVANT_SCORES(7) LEVANT_SCORES(8)
-#undef LEVANT_SCORES
-          default:
-            for (int64_t i = 0; i < n; ++i)
-              for (int64_t h = 0; h < nq; ++h)
-                s[h * block_size + i] =
-                    dot(qf.data() + h * D, base + i * slot_stride + (g0 + h / G) * D, D);
-        }
+        const bool unrolled = with_group_size(G, [&](auto gq) {
+          block_scores<decltype(gq)::value>(qf.data(), base, next, n, slot_stride, g0,
+                                            heads_per_task, D, s.data(), block_size);
+        });
+        if (!unrolled)
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t h = 0; h < nq; ++h)
+              s[h * block_size + i] =
+                  dot(qf.data() + h * D, base + i * slot_stride + (g0 + h / G) * D, D);
         for (int64_t h = 0; h < nq; ++h) {
           float* sh = s.data() + h * block_size;
           float mx = m[h];
@@ -199,18 +212,15 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
           if (correction != 1.f)
             for (int64_t d = 0; d < D; ++d) acc[h * D + d] *= correction;
         }
-        switch (G) {
-#define LEVANT_VALUES(GQ) \
-  case GQ: block_values<GQ>(acc.data(), s.data(), base, n, slot_stride, KVH + g0, heads_per_task, D, block_size); break;
-          LEVANT_VALUES(1) LEVANT_VALUES(2) LEVANT_VALUES(3) LEVANT_VALUES(4)
-          LEVANT_VALUES(5) LEVANT_VALUES(6) LEVANT_VALUES(7) LEVANT_VALUES(8)
-#undef LEVANT_VALUES
-          default:
-            for (int64_t i = 0; i < n; ++i)
-              for (int64_t h = 0; h < nq; ++h)
-                axpy(acc.data() + h * D, s[h * block_size + i],
-                     base + i * slot_stride + (KVH + g0 + h / G) * D, D);
-        }
+        const bool unrolled_values = with_group_size(G, [&](auto gq) {
+          block_values<decltype(gq)::value>(acc.data(), s.data(), base, n, slot_stride,
+                                            KVH + g0, heads_per_task, D, block_size);
+        });
+        if (!unrolled_values)
+          for (int64_t i = 0; i < n; ++i)
+            for (int64_t h = 0; h < nq; ++h)
+              axpy(acc.data() + h * D, s[h * block_size + i],
+                   base + i * slot_stride + (KVH + g0 + h / G) * D, D);
         p0 += n;
       }
       for (int64_t h = 0; h < nq; ++h)

@@ -40,7 +40,8 @@ def reference(q, cache, tables, bounds, bs):  # type: ignore[no-untyped-def]
     ],  # float32 activations over a bf16 cache (int4 models)
 )
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "head_dim"), [(9, 3, 64), (4, 4, 32), (8, 2, 128), (6, 3, 24)]
+    ("heads", "kv_heads", "head_dim"),
+    [(9, 3, 64), (4, 4, 32), (8, 2, 128), (6, 3, 24), (10, 2, 32)],  # last: plain loops (G = 5)
 )
 def test_matches_gather_then_sdpa(
     dtype: torch.dtype, cache_dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int
