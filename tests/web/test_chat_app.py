@@ -86,7 +86,9 @@ def reply(page: Any, action: Any) -> None:
 
 
 def set_settings(page: Any, *, max_tokens: int, temperature: str = "0.7") -> None:
+    page.wait_for_selector("body[data-ready]")  # the Settings button is wired by then
     page.click("#open-settings")
+    page.wait_for_selector("#settings-dialog[open]")
     page.fill("#max-tokens", str(max_tokens))
     page.fill("#system-prompt", "You are a storyteller.")
     page.eval_on_selector("#temperature", f"el => {{ el.value = '{temperature}'; }}")

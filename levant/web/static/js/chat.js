@@ -32,6 +32,7 @@ async function boot() {
     showSignIn($("#signin-view"), () => location.reload());
     return;
   }
+  wireEvents(); // before any control shows: a click never lands on an unwired button
   $("#signin-view").hidden = true;
   $("#chat-view").hidden = false;
   document.querySelectorAll("[data-signed-in]").forEach((el) => (el.hidden = false));
@@ -43,7 +44,6 @@ async function boot() {
     $("#search").hidden = true;
   }
   await loadModels();
-  wireEvents();
   await refreshList();
   const id = new URLSearchParams(location.hash.slice(1)).get("c");
   if (id && stores()) await openConversation(id);
