@@ -8,8 +8,9 @@ Where there is no compiler, the build fails, or ``LEVANT_KERNELS=0``, it returns
 and callers use their plain PyTorch path: the same arithmetic, slower.
 
 Ops: ``torch.ops.levant.paged_decode_attention`` (``decode_attention.cpp``),
-``torch.ops.levant.q4_matmul`` (``q4_matmul.cpp``; ``q4_ready()`` says whether this CPU
-runs its AVX-512 VNNI path).
+``torch.ops.levant.q4_matmul`` (``q4_matmul.cpp``) and ``torch.ops.levant.q8_matmul``
+(``q8_matmul.cpp``), whose activations ``quantize_rows.h`` quantizes (``q4_ready()`` says
+whether this CPU runs their AVX-512 VNNI paths).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch.utils.cpp_extension as cpp_extension
 log = logging.getLogger(__name__)
 
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 FLAGS = [
     "-O3",
     "-march=native",
@@ -63,7 +65,8 @@ def load() -> bool:
 
 
 def q4_ready() -> bool:
-    """Whether ``levant::q4_matmul`` runs its VNNI path here (else callers keep PyTorch's)."""
+    """Whether ``levant::q4_matmul`` and ``levant::q8_matmul`` run their VNNI paths here
+    (else callers keep PyTorch's kernels)."""
     return load() and bool(torch.ops.levant.q4_available())
 
 
@@ -88,7 +91,7 @@ def _load() -> bool:
 
 def _key(compiler: str) -> str:
     h = hashlib.sha256()
-    for source in SOURCES:
+    for source in [*SOURCES, *HEADERS]:
         h.update(source.read_bytes())
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout
     h.update(f"{torch.__version__}|{sys.version}|{platform.machine()}|{version}".encode())
@@ -154,5 +157,9 @@ def _register_fakes() -> None:
         return torch.empty_like(q)
 
     @torch.library.register_fake("levant::q4_matmul")  # type: ignore[untyped-decorator]
+    def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(x.shape[0], packed.shape[0] * 16)
+
+    @torch.library.register_fake("levant::q8_matmul")  # type: ignore[untyped-decorator]
     def _(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape[0], packed.shape[0] * 16)

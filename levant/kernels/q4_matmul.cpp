@@ -2,14 +2,17 @@
 // w = d * q + m, q in 0..15) on AVX-512 VNNI, for the few-row steps of batched decoding.
 //
 // The activations are quantized per row and group of 32 to int8 with one scale (as
-// llama.cpp's Q8_1 does for its Q4_1 dot products); each group's integer dot product is one
+// llama.cpp's Q8_1 does for its Q4_1 dot products; quantize_rows.h); each group's integer dot product is one
 // vpdpbusd per 4 inputs for 16 outputs, then y += d_w * d_x * dot + m_w * d_x * sum(q_x).
-// The weights are read once per call for every 8 rows, from a layout packed at load:
+// The weights are read once per call for every 8 rows, from a layout packed at load
+// (scale and zero in bf16, as the model keeps them: a single-row step is bound by the bytes
+// it reads, and float32 scales were a third of them):
 //
 // packed  (N / 16, K / 32, 4, 64) uint8: for output tile t, group g and quad pair p, byte
 //         4 * j + i holds q[16 t + j][32 g + 8 p + i] in its low nibble and
 //         q[16 t + j][32 g + 8 p + 4 + i] in its high nibble (j < 16 outputs, i < 4 inputs)
-// scales  (N / 16, K / 32, 2, 16) float32: d then m of each output of the tile, per group
+// scales  (N / 16, K / 32, 2, 16) bfloat16: s then z of each output of the tile, per group,
+//         w = s * (q - 8) + z, i.e. d = s and m = z - 8 s (computed in float32, one rounding)
 // x       (M, K) float32 -> y (M, N) float32
 //
 // ``levant::q4_available()`` says whether this build has the VNNI path; without it the op
@@ -25,56 +28,48 @@
 #include <immintrin.h>
 #endif
 
+#include <c10/util/BFloat16.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "quantize_rows.h"
+
 namespace {
 
-constexpr int64_t GROUP = 32;
+using levant_kernels::GROUP;
+using levant_kernels::QuantizedRows;
+using levant_kernels::quantize_rows;
+
 constexpr int64_t TILE = 16;  // outputs per tile (one 16-lane register)
 
-// Row r's activations, quantized: q (K) int8, and per group d and d * sum(q).
-struct QuantizedRows {
-  std::vector<int8_t> q;
-  std::vector<float> d, dsum;
-};
-
-QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K) {
-  const int64_t G = K / GROUP;
-  QuantizedRows out{std::vector<int8_t>(M * K), std::vector<float>(M * G), std::vector<float>(M * G)};
-  at::parallel_for(0, M * G, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t rg = begin; rg < end; ++rg) {
-      const float* xs = x + (rg / G) * K + (rg % G) * GROUP;
-      float amax = 0.f;
-      for (int64_t i = 0; i < GROUP; ++i) amax = std::max(amax, std::fabs(xs[i]));
-      const float d = amax / 127.f, inv = d > 0.f ? 1.f / d : 0.f;
-      int32_t sum = 0;
-      int8_t* q = out.q.data() + (rg / G) * K + (rg % G) * GROUP;
-      for (int64_t i = 0; i < GROUP; ++i) {
-        const int32_t v = static_cast<int32_t>(std::nearbyint(xs[i] * inv));
-        q[i] = static_cast<int8_t>(std::clamp(v, -127, 127));
-        sum += q[i];
-      }
-      out.d[rg] = d;
-      out.dsum[rg] = d * static_cast<float>(sum);
-    }
-  });
-  return out;
+// d and m of a tile's output j in group g, from its bf16 scale and zero.
+inline float scale_d(const uint16_t* s, int64_t j) {
+  return static_cast<float>(c10::BFloat16(s[j], c10::BFloat16::from_bits()));
+}
+inline float scale_m(const uint16_t* s, int64_t j) {
+  return std::fma(-8.f, scale_d(s, j), scale_d(s, TILE + j));
 }
 
 #ifdef LEVANT_VNNI
 // Rows r0 .. r0 + MT - 1 of output tile t.
+// 16 bf16 values (the top halves of float32s) -> 16 float32.
+inline __m512 bf16x16(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
 template <int MT>
-inline void tile_rows(const uint8_t* packed, const float* scales, const QuantizedRows& xq,
+inline void tile_rows(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq,
                       float* y, int64_t r0, int64_t t, int64_t K, int64_t N) {
   const int64_t G = K / GROUP;
   const __m512i low = _mm512_set1_epi8(0x0F);
   __m512 acc[MT];
   for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
   const uint8_t* w = packed + t * G * 256;
-  const float* s = scales + t * G * 32;
+  const uint16_t* s = scales + t * G * 32;
+  const __m512 eight = _mm512_set1_ps(8.f);
   for (int64_t g = 0; g < G; ++g, w += 256, s += 32) {
     __m512i dot[MT];
     for (int r = 0; r < MT; ++r) dot[r] = _mm512_setzero_si512();
@@ -88,7 +83,9 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
         dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(xr[2 * p + 1]));
       }
     }
-    const __m512 dw = _mm512_loadu_ps(s), mw = _mm512_loadu_ps(s + 16);
+    const __m512i sz = _mm512_loadu_si512(s);
+    const __m512 dw = bf16x16(_mm512_castsi512_si256(sz));
+    const __m512 mw = _mm512_fnmadd_ps(eight, dw, bf16x16(_mm512_extracti64x4_epi64(sz, 1)));
     for (int r = 0; r < MT; ++r) {
       const int64_t rg = (r0 + r) * G + g;
       const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xq.d[rg]));
@@ -100,7 +97,7 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
 }
 
 template <int MT>
-void rows_upto(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
+void rows_upto(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq, float* y,
                int64_t r0, int64_t rows, int64_t t, int64_t K, int64_t N) {
   if constexpr (MT > 1) {
     if (rows < MT) return rows_upto<MT - 1>(packed, scales, xq, y, r0, rows, t, K, N);
@@ -110,7 +107,7 @@ void rows_upto(const uint8_t* packed, const float* scales, const QuantizedRows& 
 #endif
 
 // The same arithmetic in plain loops.
-void reference_tile(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
+void reference_tile(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq, float* y,
                     int64_t M, int64_t t, int64_t K, int64_t N) {
   const int64_t G = K / GROUP;
   for (int64_t r = 0; r < M; ++r)
@@ -118,7 +115,7 @@ void reference_tile(const uint8_t* packed, const float* scales, const QuantizedR
       float acc = 0.f;
       for (int64_t g = 0; g < G; ++g) {
         const uint8_t* w = packed + (t * G + g) * 256;
-        const float* s = scales + (t * G + g) * 32;
+        const uint16_t* s = scales + (t * G + g) * 32;
         int32_t dot = 0;
         for (int64_t p = 0; p < 4; ++p)
           for (int64_t i = 0; i < 4; ++i) {
@@ -126,7 +123,8 @@ void reference_tile(const uint8_t* packed, const float* scales, const QuantizedR
             dot += (b & 0x0F) * xq.q[r * K + g * GROUP + 8 * p + i];
             dot += (b >> 4) * xq.q[r * K + g * GROUP + 8 * p + 4 + i];
           }
-        acc += s[j] * xq.d[r * G + g] * static_cast<float>(dot) + s[16 + j] * xq.dsum[r * G + g];
+        acc += scale_d(s, j) * xq.d[r * G + g] * static_cast<float>(dot) +
+               scale_m(s, j) * xq.dsum[r * G + g];
       }
       y[r * N + t * TILE + j] = acc;
     }
@@ -140,15 +138,15 @@ at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Te
               "packed: contiguous (N / 16, K / 32, 4, 64) uint8");
   const int64_t M = x.size(0), K = x.size(1), NT = packed.size(0), N = NT * TILE;
   TORCH_CHECK(K % GROUP == 0 && packed.size(1) == K / GROUP, "K does not match the packing");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 4 &&
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() && scales.dim() == 4 &&
                   scales.size(0) == NT && scales.size(1) == K / GROUP && scales.size(2) == 2 &&
                   scales.size(3) == TILE,
-              "scales: contiguous (N / 16, K / 32, 2, 16) float32");
+              "scales: contiguous (N / 16, K / 32, 2, 16) bfloat16");
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0) return y;
   const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
   const uint8_t* w = packed.data_ptr<uint8_t>();
-  const float* s = scales.data_ptr<float>();
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
   float* out = y.data_ptr<float>();
   at::parallel_for(0, NT, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {

@@ -1,6 +1,7 @@
 """``levant::q4_matmul`` (C++, AVX-512 VNNI) against its arithmetic written out in PyTorch:
 activations rounded per row and group of 32 to int8 with one scale (max |x| / 127), the
-integer dot product with the 4-bit codes, then d_w * d_x * dot + m_w * d_x * sum(q_x). And
+integer dot product with the 4-bit codes, then d_w * d_x * dot + m_w * d_x * sum(q_x), where
+d_w and m_w come from the bf16 scale and zero (w = scale * (q - 8) + zero). And
 ``Int4Linear``'s quantized step, which uses it, against x @ dequantized(W).T.
 """
 
@@ -17,14 +18,16 @@ from levant.models.quantize import GROUP_SIZE, Int4Linear, pack_q4
 pytestmark = pytest.mark.skipif(not kernels.load(), reason="no C++ compiler: kernels are off")
 
 
-def written_out(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor):  # type: ignore[no-untyped-def]
+def written_out(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):  # type: ignore[no-untyped-def]
     M, K = x.shape
+    d = scale.to(torch.bfloat16).double()
+    m = zero.to(torch.bfloat16).double() - 8 * d  # the kernel reads bf16 scales and zeros
     xg = x.double().view(M, K // GROUP_SIZE, GROUP_SIZE)
     dx = xg.abs().amax(-1) / 127  # (M, G)
     qx = torch.where(dx[..., None] > 0, xg / dx[..., None], 0).round().clamp(-127, 127)
     cg = codes.double().view(codes.shape[0], K // GROUP_SIZE, GROUP_SIZE)  # (N, G, 32)
     dots = torch.einsum("mgk,ngk->mng", qx, cg)  # exact integers
-    y = d.double()[None] * dx[:, None] * dots + m.double()[None] * (dx * qx.sum(-1))[:, None]
+    y = d[None] * dx[:, None] * dots + m[None] * (dx * qx.sum(-1))[:, None]
     return y.sum(-1)  # (M, N)
 
 
@@ -32,8 +35,8 @@ def written_out(x: torch.Tensor, codes: torch.Tensor, d: torch.Tensor, m: torch.
 def test_matches_the_arithmetic_written_out(rows: int, n: int, k: int) -> None:
     g = torch.Generator().manual_seed(rows * 100 + n)
     codes = torch.randint(0, 16, (n, k), generator=g)
-    d = torch.rand(n, k // GROUP_SIZE, generator=g) * 0.1
-    m = -torch.rand(n, k // GROUP_SIZE, generator=g)
+    d = torch.rand(n, k // GROUP_SIZE, generator=g) * 0.1  # scales
+    m = -torch.rand(n, k // GROUP_SIZE, generator=g)  # zeros (the value at q = 8)
     x = torch.randn(rows, k, generator=g)
     x[0, :GROUP_SIZE] = 0  # a group of zeros: scale 0, contributes nothing
     packed, scales = pack_q4(codes, d, m)

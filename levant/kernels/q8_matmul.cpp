@@ -1,0 +1,139 @@
+// levant::q8_matmul -- y = x @ W^T for int8 weights with one scale per output (symmetric,
+// as Int8Linear keeps them) on AVX-512 VNNI, for steps of a few rows: above all the output
+// head, a fifth of the bytes a single-sequence step of SmolLM2 reads, where PyTorch's
+// int8 kernel (bf16 activations) streams them at two thirds of this one's speed.
+//
+// The activations are quantized per row and group of 32 to int8 (quantize_rows.h, as for
+// q4_matmul). vpdpbusd multiplies unsigned by signed bytes, so the weights are stored plus
+// 128 and each group's dot product is corrected in integers:
+//   y[r][n] = s[n] * sum_g d_x[r][g] * (sum_i (w[n][i] + 128) q_x[r][i] - 128 sum_i q_x[r][i])
+//
+// packed  (N / 16, K / 4, 64) uint8: in output tile t, byte 4 j + i of quad p holds
+//         w[16 t + j][4 p + i] + 128 (j < 16 outputs, i < 4 inputs)
+// scales  (N,) float32
+// x       (M, K) float32, K a multiple of 32 -> y (M, N) float32
+//
+// Without VNNI the op computes the same arithmetic in plain loops (for tests; callers use
+// PyTorch's kernel where ``levant::q4_available()`` is false).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LEVANT_Q8_VNNI 1
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cstdint>
+
+#include "quantize_rows.h"
+
+namespace {
+
+using levant_kernels::GROUP;
+using levant_kernels::QuantizedRows;
+using levant_kernels::quantize_rows;
+
+constexpr int64_t TILE = 16;               // outputs per tile (one 16-lane register)
+constexpr int64_t QUADS = GROUP / 4;       // 4-input quads per group
+constexpr int64_t ROWS = 4;                // rows per pass over a tile's weights
+
+#ifdef LEVANT_Q8_VNNI
+// Rows r0 .. r0 + MT - 1 of output tile t.
+template <int MT>
+inline void tile_rows(const uint8_t* packed, const float* scales, const QuantizedRows& xq,
+                      float* y, int64_t r0, int64_t t, int64_t K, int64_t N) {
+  const int64_t G = K / GROUP;
+  __m512 acc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
+  const uint8_t* w = packed + t * (K / 4) * 64;
+  for (int64_t g = 0; g < G; ++g, w += QUADS * 64) {
+    __m512i dot[MT];
+    for (int r = 0; r < MT; ++r) dot[r] = _mm512_setzero_si512();
+    for (int p = 0; p < QUADS; ++p) {
+      const __m512i v = _mm512_loadu_si512(w + 64 * p);
+      for (int r = 0; r < MT; ++r) {
+        const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
+        dot[r] = _mm512_dpbusd_epi32(dot[r], v, _mm512_set1_epi32(xr[p]));
+      }
+    }
+    for (int r = 0; r < MT; ++r) {
+      const int64_t rg = (r0 + r) * G + g;
+      const __m512i exact = _mm512_sub_epi32(dot[r], _mm512_set1_epi32(128 * xq.sum[rg]));
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(xq.d[rg]), acc[r]);
+    }
+  }
+  const __m512 s = _mm512_loadu_ps(scales + t * TILE);
+  for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, _mm512_mul_ps(acc[r], s));
+}
+
+template <int MT>
+void rows_upto(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
+               int64_t r0, int64_t rows, int64_t t, int64_t K, int64_t N) {
+  if constexpr (MT > 1) {
+    if (rows < MT) return rows_upto<MT - 1>(packed, scales, xq, y, r0, rows, t, K, N);
+  }
+  tile_rows<MT>(packed, scales, xq, y, r0, t, K, N);
+}
+#endif
+
+// The same arithmetic in plain loops.
+void reference_tile(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
+                    int64_t M, int64_t t, int64_t K, int64_t N) {
+  const int64_t G = K / GROUP;
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t j = 0; j < TILE; ++j) {
+      float acc = 0.f;
+      for (int64_t g = 0; g < G; ++g) {
+        int32_t dot = 0;
+        for (int64_t i = 0; i < GROUP; ++i) {
+          const int64_t k = g * GROUP + i;
+          dot += static_cast<int32_t>(packed[(t * (K / 4) + k / 4) * 64 + 4 * j + k % 4]) *
+                 xq.q[r * K + k];
+        }
+        acc += static_cast<float>(dot - 128 * xq.sum[r * G + g]) * xq.d[r * G + g];
+      }
+      y[r * N + t * TILE + j] = acc * scales[t * TILE + j];
+    }
+}
+
+at::Tensor q8_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
+              "x: contiguous (M, K) float32");
+  TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(2) == 64,
+              "packed: contiguous (N / 16, K / 4, 64) uint8");
+  const int64_t M = x.size(0), K = x.size(1), NT = packed.size(0), N = NT * TILE;
+  TORCH_CHECK(K % GROUP == 0 && packed.size(1) * 4 == K, "K does not match the packing");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1 &&
+                  scales.size(0) == N,
+              "scales: contiguous (N,) float32");
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0) return y;
+  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
+  const uint8_t* w = packed.data_ptr<uint8_t>();
+  const float* s = scales.data_ptr<float>();
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, NT, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+#ifdef LEVANT_Q8_VNNI
+      for (int64_t r0 = 0; r0 < M; r0 += ROWS)
+        rows_upto<ROWS>(w, s, xq, out, r0, std::min<int64_t>(ROWS, M - r0), t, K, N);
+#else
+      reference_tile(w, s, xq, out, M, t, K, N);
+#endif
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(levant, m) {
+  m.def("q8_matmul(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(levant, CPU, m) { m.impl("q8_matmul", &q8_matmul); }
