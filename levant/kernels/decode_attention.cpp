@@ -99,22 +99,10 @@ inline void group_scores(const float* q, const T* k, int64_t D, float* s, int64_
   for (int h = 0; h < GQ; ++h) s[h * s_stride] = dot(q + h * D, k, D);
 }
 
+// The GQ query heads' accumulators += their weights times one value (the plain loops, for a
+// head size that is not a multiple of 16; block_values has the vector path).
 template <int GQ, typename T>
 inline void group_values(float* acc, const float* p, int64_t p_stride, const T* v, int64_t D) {
-#if defined(__AVX512F__)
-  if (D % 16 == 0) {
-    __m512 w[GQ];
-    for (int h = 0; h < GQ; ++h) w[h] = _mm512_set1_ps(p[h * p_stride]);
-    for (int64_t d = 0; d < D; d += 16) {
-      const __m512 vc = load16(v + d);
-      for (int h = 0; h < GQ; ++h) {
-        float* a = acc + h * D + d;
-        _mm512_storeu_ps(a, _mm512_fmadd_ps(w[h], vc, _mm512_loadu_ps(a)));
-      }
-    }
-    return;
-  }
-#endif
   for (int h = 0; h < GQ; ++h) axpy(acc + h * D, p[h * p_stride], v, D);
 }
 
@@ -131,9 +119,47 @@ inline void block_scores(const float* qf, const T* base, const T* next, int64_t 
   }
 }
 
+#if defined(__AVX512F__)
+// acc (GQ heads x D) += sum_i p[h][i] * v_i over a block's n slots, for the C 16-lane chunks
+// of dimensions d0 .. d0 + 16 C: the GQ x C accumulators stay in registers for the whole
+// block (one load and store each per block, not per slot) and each value is loaded once.
+template <int GQ, int C, typename T>
+inline void values_pass(float* acc, const float* p, int64_t p_stride, const T* v, int64_t n,
+                        int64_t slot_stride, int64_t D, int64_t d0) {
+  __m512 a[GQ][C];
+  for (int h = 0; h < GQ; ++h)
+    for (int c = 0; c < C; ++c) a[h][c] = _mm512_loadu_ps(acc + h * D + d0 + 16 * c);
+  for (int64_t i = 0; i < n; ++i) {
+    __m512 vc[C];
+    for (int c = 0; c < C; ++c) vc[c] = load16(v + i * slot_stride + d0 + 16 * c);
+    for (int h = 0; h < GQ; ++h) {
+      const __m512 w = _mm512_set1_ps(p[h * p_stride + i]);
+      for (int c = 0; c < C; ++c) a[h][c] = _mm512_fmadd_ps(w, vc[c], a[h][c]);
+    }
+  }
+  for (int h = 0; h < GQ; ++h)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + h * D + d0 + 16 * c, a[h][c]);
+}
+#endif
+
 template <int GQ, typename T>
 inline void block_values(float* acc, const float* s, const T* base, int64_t n,
                          int64_t slot_stride, int64_t v0, int64_t heads, int64_t D, int64_t bs) {
+#if defined(__AVX512F__)
+  if (D % 16 == 0) {
+    constexpr int C = GQ <= 4 ? 4 : 2;  // chunks per pass: at most 16 accumulators
+    for (int64_t g = 0; g < heads; ++g) {
+      float* ag = acc + g * GQ * D;
+      const float* pg = s + g * GQ * bs;
+      const T* vg = base + (v0 + g) * D;
+      int64_t d0 = 0;
+      for (; d0 + 16 * C <= D; d0 += 16 * C)
+        values_pass<GQ, C>(ag, pg, bs, vg, n, slot_stride, D, d0);
+      for (; d0 < D; d0 += 16) values_pass<GQ, 1>(ag, pg, bs, vg, n, slot_stride, D, d0);
+    }
+    return;
+  }
+#endif
   for (int64_t i = 0; i < n; ++i)
     for (int64_t g = 0; g < heads; ++g)
       group_values<GQ>(acc + g * GQ * D, s + g * GQ * bs + i, bs,
