@@ -65,3 +65,19 @@ def test_the_compiled_step_refuses_more_rows_than_it_was_built_for() -> None:
     with pytest.raises(ValueError, match="1 to 4 sequences"):
         step(torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long), None)  # type: ignore[arg-type]
     assert step.warm_up_rows() == [1, 2]  # a float32 model: no kernel switches
+
+
+def test_two_models_in_one_process_each_run_their_own_graphs() -> None:
+    """The compiled step skips the guards on a model's weights (they cost a tenth of a
+    small model's step): each model compiles its own copy of the forward, so a second
+    model of another width never runs the first one's graphs."""
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    [prompt] = random_prompts(1, 5, 40, seed=4)
+    wide = ModelConfig(**{**TINY.__dict__, "dim": TINY.dim * 2, "hidden_dim": TINY.hidden_dim * 2})
+    for i, config in enumerate([TINY, wide]):
+        model = random_model(config)
+        compiled = LLMEngine(model, model.config, compile_decode=True)
+        eager = LLMEngine(model, model.config)
+        request = EngineRequest(f"w{i}", prompt, params)
+        got = tokens_of(run(compiled, [request])[f"w{i}"])
+        assert got == tokens_of(run(eager, [request])[f"w{i}"]) and len(got) == 12
