@@ -2,7 +2,10 @@
 
 Concurrent start-ups are safe: the upgrade runs in one transaction under a lock
 (an advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite), so the second
-process waits and then finds the schema already at head.
+process waits and then finds the schema already at head. On SQLite a file lock
+beside the database is held around the whole upgrade as well: connecting runs
+``PRAGMA journal_mode=WAL``, which can fail at once with "database is locked"
+(no busy wait) while another start-up is converting a new file.
 
 Developers: ``python -m levant.db revision "message" [URL]`` autogenerates a
 revision against a database that is at head; ``upgrade [URL]`` applies them.
@@ -10,6 +13,9 @@ revision against a database that is at head; ``upgrade [URL]`` applies them.
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -47,7 +53,7 @@ def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
     """Bring the database at ``target`` up to ``revision`` (default: the latest)."""
     engine = target if isinstance(target, Engine) else make_engine(target)
     try:
-        with engine.connect() as conn:
+        with _sqlite_file_lock(engine), engine.connect() as conn:
             conn.execution_options(**{IMMEDIATE: True})
             with conn.begin():
                 if conn.dialect.name == "postgresql":
@@ -58,3 +64,20 @@ def upgrade(target: str | URL | Engine, revision: str = "head") -> None:
     finally:
         if engine is not target:
             engine.dispose()
+
+
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """Hold ``<database>.migrate.lock`` (SQLite files only; a no-op elsewhere)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    lock_path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one open file each: threads exclude each other too
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
