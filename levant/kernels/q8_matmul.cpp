@@ -70,14 +70,6 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
   for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, _mm512_mul_ps(acc[r], s));
 }
 
-template <int MT>
-void rows_upto(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
-               int64_t r0, int64_t rows, int64_t t, int64_t K, int64_t N) {
-  if constexpr (MT > 1) {
-    if (rows < MT) return rows_upto<MT - 1>(packed, scales, xq, y, r0, rows, t, K, N);
-  }
-  tile_rows<MT>(packed, scales, xq, y, r0, t, K, N);
-}
 #endif
 
 // The same arithmetic in plain loops.
@@ -121,7 +113,9 @@ at::Tensor q8_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Te
     for (int64_t t = begin; t < end; ++t) {
 #ifdef LEVANT_Q8_VNNI
       for (int64_t r0 = 0; r0 < M; r0 += ROWS)
-        rows_upto<ROWS>(w, s, xq, out, r0, std::min<int64_t>(ROWS, M - r0), t, K, N);
+        levant_kernels::with_rows<ROWS>(std::min<int64_t>(ROWS, M - r0), [&](auto mt) {
+          tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
+        });
 #else
       reference_tile(w, s, xq, out, M, t, K, N);
 #endif

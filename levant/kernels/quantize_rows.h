@@ -1,4 +1,5 @@
-// Activations quantized for the int8 dot products of levant::q4_matmul and levant::q8_matmul:
+// What levant::q4_matmul and levant::q8_matmul share. Activations quantized for their int8
+// dot products:
 // per row and group of 32 inputs, q = round(x / d) in -127..127 with d = max |x| / 127 (as
 // llama.cpp's Q8_1 does), and per group d, the integer sum of q and d times it.
 #pragma once
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace levant_kernels {
@@ -47,6 +49,16 @@ inline QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K) {
     }
   });
   return out;
+}
+
+// f(std::integral_constant<int, rows>) for 1 <= rows <= MAX: a tile's row count as a
+// compile-time constant (its accumulators are registers).
+template <int MAX, typename F>
+inline void with_rows(int64_t rows, F&& f) {
+  if constexpr (MAX > 1) {
+    if (rows < MAX) return with_rows<MAX - 1>(rows, f);
+  }
+  f(std::integral_constant<int, MAX>{});
 }
 
 }  // namespace levant_kernels

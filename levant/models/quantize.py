@@ -254,7 +254,10 @@ def tune_dense_above(model: nn.Module, *, repeats: int = 5) -> dict[tuple[int, i
     layer of the shape in turn, so the weights stream from memory as in a real step (one
     matrix alone would sit in cache and flatter the dense copy, which reads 2 to 4 times
     the bytes). Call it on the thread, and with the thread count, that will run the
-    steps. Returns {(out, in): rows}."""
+    steps. A shape whose dense copy never wins, not even at ``TUNE_ROWS[-1]`` rows (a full
+    prefill chunk), drops its copies: the quantized kernel runs every step (as it would
+    with ``dense=False``) and the bf16 bytes are freed (SmolLM2 int4 on a 2-core EPYC
+    without AMX: all of them, ~270 MB). Returns {(out, in): rows}."""
     by_shape: dict[tuple[int, int], list[_WeightOnlyLinear]] = {}
     for m in quantized_layers(model):
         if m.dense is not None:
@@ -269,6 +272,8 @@ def tune_dense_above(model: nn.Module, *, repeats: int = 5) -> dict[tuple[int, i
                 break
         for layer in layers:
             layer.dense_above = rows
+            if rows == TUNE_ROWS[-1]:
+                layer.dense = None
         chosen[shape] = rows
     return chosen
 

@@ -10,6 +10,7 @@ activations are cast to bf16).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,7 +182,7 @@ def test_packed_bf16_is_the_bf16_matmul(rows: int) -> None:
     torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=1e-2)
 
 
-def test_tuning_picks_a_row_count_per_shape_and_keeps_the_arithmetic() -> None:
+def tuning_model() -> tuple[nn.Sequential, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     model = nn.Sequential(
         Int4Linear(torch.randn(256, 128, generator=g)),
@@ -189,19 +190,67 @@ def test_tuning_picks_a_row_count_per_shape_and_keeps_the_arithmetic() -> None:
         Int4Linear(torch.randn(256, 128, generator=g)),
         Int8Linear(torch.randn(64, 256, generator=g), dense=False),  # no dense copy: not tuned
     )
-    x = torch.randn(20, 128, generator=g)
-    layers = quantized_layers(model)
-    for layer in layers:
+    for layer in quantized_layers(model):
         layer.dense_above = 1_000  # quantized kernels only
+    return model, torch.randn(20, 128, generator=g)
+
+
+def dense_wins_from(
+    monkeypatch: pytest.MonkeyPatch, rows_by_in_features: dict[int, int | None]
+) -> None:
+    """Kernel timings made up (the seam: real ones depend on the CPU and its load): the
+    dense copy of the layers with these input sizes is faster from that many rows (None:
+    never)."""
+
+    def timed(layers: list[Any], dense: bool, x: torch.Tensor, repeats: int) -> float:
+        start = rows_by_in_features[layers[0].in_features]
+        dense_wins = start is not None and x.shape[0] >= start
+        return 1.0 if dense == dense_wins else 2.0
+
+    monkeypatch.setattr("levant.models.quantize._best_ms", timed)
+
+
+def test_tuning_picks_a_row_count_per_shape_and_keeps_the_arithmetic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, x = tuning_model()
+    layers = quantized_layers(model)
     expected = model(x)
+    dense_wins_from(monkeypatch, {128: 16, 256: 64})
     chosen = tune_dense_above(model, repeats=3)
-    assert set(chosen) == {(256, 128), (128, 256)}
-    assert all(rows in (0, *TUNE_ROWS) for rows in chosen.values())
-    assert layers[0].dense_above == layers[2].dense_above == chosen[(256, 128)]
-    assert layers[1].dense_above == chosen[(128, 256)] and layers[3].dense_above == 1_000
+    assert chosen == {(256, 128): 8, (128, 256): 32}
+    assert layers[0].dense_above == layers[2].dense_above == 8
+    assert layers[1].dense_above == 32 and layers[3].dense_above == 1_000
     for layer in layers[:3]:
         layer.dense_above = 0  # dense copies wherever kept
     torch.testing.assert_close(
         model(x), expected, rtol=3e-2, atol=3e-2 * expected.abs().max().item()
     )
     assert dense_copy_bytes(model) == 2 * (256 * 128 * 2 + 128 * 256)
+
+
+def test_tuning_drops_the_dense_copies_of_a_shape_where_they_never_win(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, x = tuning_model()
+    layers = quantized_layers(model)
+    expected, first = model(x), model[0](x)
+    dense_wins_from(monkeypatch, {128: None, 256: 64})
+    chosen = tune_dense_above(model, repeats=3)
+    assert chosen == {(256, 128): TUNE_ROWS[-1], (128, 256): 32}
+    assert layers[0].dense is None and layers[2].dense is None and layers[1].dense is not None
+    assert dense_copy_bytes(model) == 2 * 128 * 256  # the int8 layer's copy alone
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # the same kernels as before
+    for layer in layers:
+        layer.dense_above = 0  # dense copies wherever kept: none left for the int4 layers
+    torch.testing.assert_close(model[0](x), first, rtol=0, atol=0)
+    assert model(torch.randn(300, 128)).shape == (300, 64)  # past the tuned rows: quantized
+
+
+def test_tuning_with_real_timings_sets_a_timed_row_count() -> None:
+    model, _ = tuning_model()
+    chosen = tune_dense_above(model, repeats=3)
+    assert set(chosen) == {(256, 128), (128, 256)}
+    assert all(rows in (0, *TUNE_ROWS) for rows in chosen.values())
+    for layer in quantized_layers(model)[:3]:
+        assert (layer.dense is None) == (layer.dense_above == TUNE_ROWS[-1])
