@@ -2,8 +2,8 @@
 // w = d * q + m, q in 0..15) on AVX-512 VNNI, for the few-row steps of batched decoding.
 //
 // The activations are quantized per row and group of 32 to int8 with one scale (as
-// llama.cpp's Q8_1 does for its Q4_1 dot products; quantize_rows.h); each group's integer dot product is one
-// vpdpbusd per 4 inputs for 16 outputs, then y += d_w * d_x * dot + m_w * d_x * sum(q_x).
+// llama.cpp's Q8_1 does for its Q4_1 dot products; quantize_rows.h); each group's integer
+// dot product is one vpdpbusd per 4 inputs for 16 outputs, then y += d_w * d_x * dot + m_w * d_x * sum(q_x).
 // The weights are read once per call for every 8 rows, from a layout packed at load
 // (scale and zero in bf16, as the model keeps them: a single-row step is bound by the bytes
 // it reads, and float32 scales were a third of them):
@@ -54,12 +54,12 @@ inline float scale_m(const uint16_t* s, int64_t j) {
 }
 
 #ifdef LEVANT_VNNI
-// Rows r0 .. r0 + MT - 1 of output tile t.
 // 16 bf16 values (the top halves of float32s) -> 16 float32.
 inline __m512 bf16x16(__m256i h) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
+// Rows r0 .. r0 + MT - 1 of output tile t.
 template <int MT>
 inline void tile_rows(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq,
                       float* y, int64_t r0, int64_t t, int64_t K, int64_t N) {
@@ -95,7 +95,6 @@ inline void tile_rows(const uint8_t* packed, const uint16_t* scales, const Quant
   }
   for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, acc[r]);
 }
-
 #endif
 
 // The same arithmetic in plain loops.

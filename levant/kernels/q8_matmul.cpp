@@ -69,7 +69,6 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
   const __m512 s = _mm512_loadu_ps(scales + t * TILE);
   for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, _mm512_mul_ps(acc[r], s));
 }
-
 #endif
 
 // The same arithmetic in plain loops.

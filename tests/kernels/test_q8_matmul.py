@@ -32,7 +32,7 @@ def written_out(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tens
 def test_matches_the_arithmetic_written_out(rows: int, n: int, k: int) -> None:
     g = torch.Generator().manual_seed(rows * 100 + n)
     w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
-    w[0, :4] = torch.tensor([-127, 127, -128 + 1, 0], dtype=torch.int8)  # the extremes
+    w[0, :4] = torch.tensor([-127, 127, 0, 1], dtype=torch.int8)  # the extremes, and 0
     s = torch.rand(n, generator=g) * 0.01
     x = torch.randn(rows, k, generator=g)
     x[0, :GROUP_SIZE] = 0  # a group of zeros: scale 0, contributes nothing
