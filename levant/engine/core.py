@@ -17,6 +17,7 @@ import torch
 from levant.engine.block_hash import extra_keys
 from levant.engine.compiled_decode import CompiledDecode
 from levant.engine.errors import ContextLengthExceeded
+from levant.engine.fused_decode import FusedDecode
 from levant.engine.kv_cache_manager import KVCacheManager
 from levant.engine.model_runner import ModelRunner
 from levant.engine.protocol import EngineOutput, EngineRequest
@@ -51,12 +52,16 @@ class LLMEngine:
         max_num_seqs: int = 64,
         enable_prefix_caching: bool = True,
         compile_decode: bool = False,
+        fused_decode: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``kv_cache_bytes`` sizes the paged cache (default 1 GiB); ``max_context`` is
         also capped by it, so that a request alone always fits. ``dtype`` is the cache's.
         ``compile_decode`` compiles the decode steps (every sequence decoding one token;
-        a minute or more), in ``warm_up`` or else at the first such step."""
+        a minute or more), in ``warm_up`` or else at the first such step; ``fused_decode``
+        runs those steps in one call to ``levant::decode_step`` where the model's layers
+        allow it (``FusedDecode.of``: quantized weights on Levant's kernels), which makes
+        compiling them unnecessary."""
         self.model = model
         self.config = config
         self.device = torch.device(device)
@@ -78,7 +83,9 @@ class LLMEngine:
             metrics=self.metrics,
         )
         compiled = CompiledDecode(model, max_num_seqs) if compile_decode else None
-        self.runner = ModelRunner(model, self.kv_cache, self.device, compiled)
+        on_cpu = self.device.type == "cpu"
+        fused = FusedDecode.of(model, max_num_seqs) if fused_decode and on_cpu else None
+        self.runner = ModelRunner(model, self.kv_cache, self.device, compiled, fused)
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 
     def warm_up(self) -> None:
@@ -88,8 +95,15 @@ class LLMEngine:
         chosen = tune_dense_above(self.model)
         if chosen:
             log.info("quantized kernels up to %s rows (by matrix shape), dense bf16 beyond", chosen)
-        if self.runner.compiled is not None:
-            self.runner.compiled.warm_up(self.kv_cache)
+        fused, compiled = self.runner.fused, self.runner.compiled
+        if fused is not None:
+            fused.refresh()
+            log.info("decode steps of up to %d sequences run fused (decode_step)", fused.max_rows)
+            if compiled is not None and fused.max_rows >= compiled.max_rows:
+                log.info("not compiling the decode step: the fused step covers every batch size")
+                self.runner.compiled = compiled = None
+        if compiled is not None:
+            compiled.warm_up(self.kv_cache)
 
     @property
     def kv_cache_tokens(self) -> int:

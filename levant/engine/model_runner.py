@@ -2,7 +2,8 @@
 
 Flattens the step's requests into one sequence (B = 1) with per-token positions and cache
 slots, runs the model over the paged cache, and samples the rows that end a sequence.
-With a ``CompiledDecode``, a step where every sequence decodes one token runs compiled.
+A step where every sequence decodes one token runs the ``FusedDecode`` when there is one and
+it covers that many sequences, else the ``CompiledDecode`` when there is one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from levant.engine.compiled_decode import CompiledDecode
+from levant.engine.fused_decode import FusedDecode
 from levant.engine.sampler import sample_batch
 from levant.engine.scheduler import ScheduledRequest
 from levant.models.paged_attention import (
@@ -29,11 +31,13 @@ class ModelRunner:
         cache: PagedKVCache,
         device: torch.device,
         compiled: CompiledDecode | None = None,
+        fused: FusedDecode | None = None,
     ) -> None:
         self.model = model
         self.cache = cache
         self.device = device
         self.compiled = compiled
+        self.fused = fused
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledRequest]) -> dict[str, int]:
@@ -60,8 +64,12 @@ class ModelRunner:
 
         window = self.model.config.sliding_window
         groups = plan_attention(chunks, bs, window, self.device)
-        compiled = self.compiled
-        if compiled is not None and 0 < len(tokens) == len(chunks) <= compiled.max_rows:  # decodes
+        compiled, fused, rows = self.compiled, self.fused, len(tokens)
+        decodes = 0 < rows == len(chunks)
+        if decodes and fused is not None and fused.covers(rows):
+            decode = DecodeAttention.of(self.cache, tensor(slots), groups[0])
+            h = fused(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
+        elif decodes and compiled is not None and rows <= compiled.max_rows:
             decode = DecodeAttention.of(self.cache, tensor(slots), groups[0])
             h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
         else:

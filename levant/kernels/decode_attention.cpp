@@ -33,6 +33,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "ops.h"
+
 namespace {
 
 // sum_d a[d] * b[d] and a[d] += p * b[d], in float32 (b: a key or value, float or bf16).
@@ -261,28 +263,17 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& kv_cach
                                   int64_t block_size, double scale) {
   TORCH_CHECK(q.dim() == 3 && kv_cache.dim() == 3, "q (R, H, D) and kv_cache (S, 2 * KVH, D)");
   TORCH_CHECK(q.is_contiguous() && kv_cache.is_contiguous(), "q and kv_cache must be contiguous");
-  TORCH_CHECK(block_tables.scalar_type() == at::kLong && bounds.scalar_type() == at::kLong,
-              "block_tables and bounds are int64");
-  TORCH_CHECK(block_tables.is_contiguous() && bounds.is_contiguous(), "tables must be contiguous");
   const int64_t R = q.size(0), H = q.size(1), D = q.size(2), KVH = kv_cache.size(1) / 2;
   TORCH_CHECK(kv_cache.size(2) == D && KVH > 0 && H % KVH == 0, "head sizes do not match");
-  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == R, "block_tables (R, N)");
-  TORCH_CHECK(bounds.dim() == 2 && bounds.size(0) == R && bounds.size(1) == 2, "bounds (R, 2)");
+  levant_kernels::check_block_tables(block_tables, bounds, R, kv_cache.size(0) / block_size,
+                                     block_size);
   const int64_t N = block_tables.size(1);
-  const int64_t* b = bounds.data_ptr<int64_t>();
-  const int64_t* t = block_tables.data_ptr<int64_t>();
-  const int64_t num_blocks = kv_cache.size(0) / block_size;
-  for (int64_t r = 0; r < R; ++r) {
-    TORCH_CHECK(0 <= b[2 * r] && b[2 * r] < b[2 * r + 1] && b[2 * r + 1] <= N * block_size,
-                "bounds out of the block table");
-    for (int64_t i = b[2 * r] / block_size; i <= (b[2 * r + 1] - 1) / block_size; ++i)
-      TORCH_CHECK(0 <= t[r * N + i] && t[r * N + i] < num_blocks, "block id out of the cache");
-  }
   at::Tensor out = at::empty_like(q);
   const auto qt = q.scalar_type(), ct = kv_cache.scalar_type();
   TORCH_CHECK((qt == at::kFloat || qt == at::kBFloat16) && (ct == at::kFloat || ct == at::kBFloat16),
               "q and kv_cache: float32 or bfloat16");
   const int64_t* tab = block_tables.data_ptr<int64_t>();
+  const int64_t* b = bounds.data_ptr<int64_t>();
   const float sc = static_cast<float>(scale);
   auto run = [&](auto* qp, const auto* cp) {
     decode_attention(qp, cp, tab, b, static_cast<decltype(qp)>(out.data_ptr()), R, H, KVH, D, N,
@@ -297,6 +288,40 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& kv_cach
 }
 
 }  // namespace
+
+namespace levant_kernels {
+
+void check_block_tables(const at::Tensor& block_tables, const at::Tensor& bounds, int64_t R,
+                        int64_t num_blocks, int64_t block_size) {
+  TORCH_CHECK(block_tables.scalar_type() == at::kLong && bounds.scalar_type() == at::kLong,
+              "block_tables and bounds are int64");
+  TORCH_CHECK(block_tables.is_contiguous() && bounds.is_contiguous(), "tables must be contiguous");
+  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == R, "block_tables (R, N)");
+  TORCH_CHECK(bounds.dim() == 2 && bounds.size(0) == R && bounds.size(1) == 2, "bounds (R, 2)");
+  const int64_t N = block_tables.size(1);
+  const int64_t* b = bounds.data_ptr<int64_t>();
+  const int64_t* t = block_tables.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    TORCH_CHECK(0 <= b[2 * r] && b[2 * r] < b[2 * r + 1] && b[2 * r + 1] <= N * block_size,
+                "bounds out of the block table");
+    for (int64_t i = b[2 * r] / block_size; i <= (b[2 * r + 1] - 1) / block_size; ++i)
+      TORCH_CHECK(0 <= t[r * N + i] && t[r * N + i] < num_blocks, "block id out of the cache");
+  }
+}
+
+void decode_attention_f32(const float* q, const at::Tensor& kv_cache, const int64_t* tables,
+                          int64_t N, const int64_t* bounds, float* out, int64_t R, int64_t H,
+                          int64_t block_size, float scale) {
+  const int64_t KVH = kv_cache.size(1) / 2, D = kv_cache.size(2);
+  if (kv_cache.scalar_type() == at::kBFloat16)
+    decode_attention(q, kv_cache.data_ptr<c10::BFloat16>(), tables, bounds, out, R, H, KVH, D, N,
+                     block_size, scale);
+  else
+    decode_attention(q, kv_cache.data_ptr<float>(), tables, bounds, out, R, H, KVH, D, N,
+                     block_size, scale);
+}
+
+}  // namespace levant_kernels
 
 TORCH_LIBRARY(levant, m) {
   m.def(

@@ -26,6 +26,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define LEVANT_VNNI 1
 #include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LEVANT_AVX2 1
+#include <immintrin.h>
 #endif
 
 #include <c10/util/BFloat16.h>
@@ -35,6 +38,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops.h"
 #include "quantize_rows.h"
 
 namespace {
@@ -42,6 +46,7 @@ namespace {
 using levant_kernels::GROUP;
 using levant_kernels::QuantizedRows;
 using levant_kernels::quantize_rows;
+using levant_kernels::with_rows;
 
 constexpr int64_t TILE = 16;  // outputs per tile (one 16-lane register)
 
@@ -97,6 +102,55 @@ inline void tile_rows(const uint8_t* packed, const uint16_t* scales, const Quant
 }
 #endif
 
+#ifdef LEVANT_AVX2
+// 8 bf16 values -> 8 float32.
+inline __m256 bf16x8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// Rows r0 .. r0 + MT - 1 of outputs 16 t + 8 h .. 16 t + 8 h + 7 (half h of tile t, whose
+// bytes are 32 h .. 32 h + 31 of each 64-byte line). Without VNNI a 4-input dot product is
+// vpmaddubsw (pairs, int16) then vpmaddwd (pairs of those, int32). A group's int16 partial
+// sums stay below 2^15 (8 terms of at most 2 * 15 * 127), so they add up in int16 and are
+// widened once per group; the float arithmetic is the VNNI path's, in the same order.
+template <int MT>
+inline void half_rows(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq,
+                      float* y, int64_t r0, int64_t t, int h, int64_t K, int64_t N) {
+  const int64_t G = K / GROUP;
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256 eight = _mm256_set1_ps(8.f);
+  __m256 acc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = _mm256_setzero_ps();
+  const uint8_t* w = packed + t * G * 256 + 32 * h;
+  const uint16_t* s = scales + t * G * 32 + 8 * h;
+  for (int64_t g = 0; g < G; ++g, w += 256, s += 32) {
+    __m256i dot[MT];
+    for (int r = 0; r < MT; ++r) dot[r] = _mm256_setzero_si256();
+    for (int p = 0; p < 4; ++p) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * p));
+      const __m256i lo = _mm256_and_si256(v, low);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+      for (int r = 0; r < MT; ++r) {
+        const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
+        dot[r] = _mm256_add_epi16(dot[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xr[2 * p])));
+        dot[r] = _mm256_add_epi16(dot[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xr[2 * p + 1])));
+      }
+    }
+    const __m256 dw = bf16x8(s);
+    const __m256 mw = _mm256_fnmadd_ps(eight, dw, bf16x8(s + TILE));
+    for (int r = 0; r < MT; ++r) {
+      const int64_t rg = (r0 + r) * G + g;
+      const __m256 scale = _mm256_mul_ps(dw, _mm256_set1_ps(xq.d[rg]));
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(dot[r], ones)), scale, acc[r]);
+      acc[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xq.dsum[rg]), acc[r]);
+    }
+  }
+  for (int r = 0; r < MT; ++r) _mm256_storeu_ps(y + (r0 + r) * N + t * TILE + 8 * h, acc[r]);
+}
+#endif
+
 // The same arithmetic in plain loops.
 void reference_tile(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq, float* y,
                     int64_t M, int64_t t, int64_t K, int64_t N) {
@@ -124,38 +178,17 @@ void reference_tile(const uint8_t* packed, const uint16_t* scales, const Quantiz
 at::Tensor q4_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x: contiguous (M, K) float32");
-  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
-                  packed.size(2) == 4 && packed.size(3) == 64,
-              "packed: contiguous (N / 16, K / 32, 4, 64) uint8");
-  const int64_t M = x.size(0), K = x.size(1), NT = packed.size(0), N = NT * TILE;
-  TORCH_CHECK(K % GROUP == 0 && packed.size(1) == K / GROUP, "K does not match the packing");
-  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() && scales.dim() == 4 &&
-                  scales.size(0) == NT && scales.size(1) == K / GROUP && scales.size(2) == 2 &&
-                  scales.size(3) == TILE,
-              "scales: contiguous (N / 16, K / 32, 2, 16) bfloat16");
+  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t N = levant_kernels::check_q4_weight(packed, scales, K);
   at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0) return y;
-  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
-  const uint8_t* w = packed.data_ptr<uint8_t>();
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
-  float* out = y.data_ptr<float>();
-  at::parallel_for(0, NT, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-#ifdef LEVANT_VNNI
-      for (int64_t r0 = 0; r0 < M; r0 += 8)
-        levant_kernels::with_rows<8>(std::min<int64_t>(8, M - r0), [&](auto mt) {
-          tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
-        });
-#else
-      reference_tile(w, s, xq, out, M, t, K, N);
-#endif
-    }
-  });
+  levant_kernels::q4_matmul_into(x.data_ptr<float>(), M, K, packed.data_ptr<uint8_t>(),
+                                 reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>()),
+                                 N, y.data_ptr<float>());
   return y;
 }
 
 bool q4_available() {
-#ifdef LEVANT_VNNI
+#if defined(LEVANT_VNNI) || defined(LEVANT_AVX2)
   return true;
 #else
   return false;
@@ -163,6 +196,47 @@ bool q4_available() {
 }
 
 }  // namespace
+
+namespace levant_kernels {
+
+int64_t check_q4_weight(const at::Tensor& packed, const at::Tensor& scales, int64_t K) {
+  TORCH_CHECK(packed.dim() == 4 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
+                  packed.size(2) == 4 && packed.size(3) == 64,
+              "packed: contiguous (N / 16, K / 32, 4, 64) uint8");
+  const int64_t NT = packed.size(0);
+  TORCH_CHECK(K % GROUP == 0 && packed.size(1) == K / GROUP, "K does not match the packing");
+  TORCH_CHECK(scales.scalar_type() == at::kBFloat16 && scales.is_contiguous() && scales.dim() == 4 &&
+                  scales.size(0) == NT && scales.size(1) == K / GROUP && scales.size(2) == 2 &&
+                  scales.size(3) == TILE,
+              "scales: contiguous (N / 16, K / 32, 2, 16) bfloat16");
+  return NT * TILE;
+}
+
+void q4_matmul_into(const float* x, int64_t M, int64_t K, const uint8_t* w, const uint16_t* s,
+                    int64_t N, float* out) {
+  if (M == 0) return;
+  const QuantizedRows xq = quantize_rows(x, M, K);
+  at::parallel_for(0, N / TILE, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+#ifdef LEVANT_VNNI
+      for (int64_t r0 = 0; r0 < M; r0 += 8)
+        with_rows<8>(std::min<int64_t>(8, M - r0), [&](auto mt) {
+          tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
+        });
+#elif defined(LEVANT_AVX2)
+      for (int h = 0; h < 2; ++h)
+        for (int64_t r0 = 0; r0 < M; r0 += 4)
+          with_rows<4>(std::min<int64_t>(4, M - r0), [&](auto mt) {
+            half_rows<decltype(mt)::value>(w, s, xq, out, r0, t, h, K, N);
+          });
+#else
+      reference_tile(w, s, xq, out, M, t, K, N);
+#endif
+    }
+  });
+}
+
+}  // namespace levant_kernels
 
 TORCH_LIBRARY_FRAGMENT(levant, m) {
   m.def("q4_matmul(Tensor x, Tensor packed, Tensor scales) -> Tensor");

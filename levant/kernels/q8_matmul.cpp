@@ -24,11 +24,15 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define LEVANT_Q8_VNNI 1
 #include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LEVANT_Q8_AVX2 1
+#include <immintrin.h>
 #endif
 
 #include <algorithm>
 #include <cstdint>
 
+#include "ops.h"
 #include "quantize_rows.h"
 
 namespace {
@@ -36,6 +40,7 @@ namespace {
 using levant_kernels::GROUP;
 using levant_kernels::QuantizedRows;
 using levant_kernels::quantize_rows;
+using levant_kernels::with_rows;
 
 constexpr int64_t TILE = 16;               // outputs per tile (one 16-lane register)
 constexpr int64_t QUADS = GROUP / 4;       // 4-input quads per group
@@ -71,6 +76,44 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
 }
 #endif
 
+#ifdef LEVANT_Q8_AVX2
+// Rows r0 .. r0 + MT - 1 of outputs 16 t + 8 h .. 16 t + 8 h + 7 (bytes 32 h .. 32 h + 31 of
+// each quad's 64). Without VNNI: the signed weight w = byte ^ 0x80, and |w| times x with w's
+// sign (vpsignb) through vpmaddubsw (pairs of at most 2 * 127 * 127, inside int16), then
+// vpmaddwd: the exact dot product sum w x, so no 128 * sum(x) correction.
+template <int MT>
+inline void half_rows(const uint8_t* packed, const float* scales, const QuantizedRows& xq,
+                      float* y, int64_t r0, int64_t t, int h, int64_t K, int64_t N) {
+  const int64_t G = K / GROUP;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[MT];
+  for (int r = 0; r < MT; ++r) acc[r] = _mm256_setzero_ps();
+  const uint8_t* w = packed + t * (K / 4) * 64 + 32 * h;
+  for (int64_t g = 0; g < G; ++g, w += QUADS * 64) {
+    __m256i dot[MT];
+    for (int r = 0; r < MT; ++r) dot[r] = _mm256_setzero_si256();
+    for (int p = 0; p < QUADS; ++p) {
+      const __m256i ws = _mm256_xor_si256(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * p)), flip);
+      const __m256i aw = _mm256_abs_epi8(ws);
+      for (int r = 0; r < MT; ++r) {
+        const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
+        const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(xr[p]), ws));
+        dot[r] = _mm256_add_epi32(dot[r], _mm256_madd_epi16(pairs, ones));
+      }
+    }
+    for (int r = 0; r < MT; ++r) {
+      const int64_t rg = (r0 + r) * G + g;
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[r]), _mm256_set1_ps(xq.d[rg]), acc[r]);
+    }
+  }
+  const __m256 sc = _mm256_loadu_ps(scales + t * TILE + 8 * h);
+  for (int r = 0; r < MT; ++r)
+    _mm256_storeu_ps(y + (r0 + r) * N + t * TILE + 8 * h, _mm256_mul_ps(acc[r], sc));
+}
+#endif
+
 // The same arithmetic in plain loops.
 void reference_tile(const uint8_t* packed, const float* scales, const QuantizedRows& xq, float* y,
                     int64_t M, int64_t t, int64_t K, int64_t N) {
@@ -94,36 +137,55 @@ void reference_tile(const uint8_t* packed, const float* scales, const QuantizedR
 at::Tensor q8_matmul(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x: contiguous (M, K) float32");
+  const int64_t M = x.size(0), K = x.size(1);
+  const int64_t N = levant_kernels::check_q8_weight(packed, scales, K);
+  at::Tensor y = at::empty({M, N}, x.options());
+  levant_kernels::q8_matmul_into(x.data_ptr<float>(), M, K, packed.data_ptr<uint8_t>(),
+                                 scales.data_ptr<float>(), N, y.data_ptr<float>());
+  return y;
+}
+
+}  // namespace
+
+namespace levant_kernels {
+
+int64_t check_q8_weight(const at::Tensor& packed, const at::Tensor& scales, int64_t K) {
   TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kByte && packed.is_contiguous() &&
                   packed.size(2) == 64,
               "packed: contiguous (N / 16, K / 4, 64) uint8");
-  const int64_t M = x.size(0), K = x.size(1), NT = packed.size(0), N = NT * TILE;
+  const int64_t N = packed.size(0) * TILE;
   TORCH_CHECK(K % GROUP == 0 && packed.size(1) * 4 == K, "K does not match the packing");
   TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 1 &&
                   scales.size(0) == N,
               "scales: contiguous (N,) float32");
-  at::Tensor y = at::empty({M, N}, x.options());
-  if (M == 0) return y;
-  const QuantizedRows xq = quantize_rows(x.data_ptr<float>(), M, K);
-  const uint8_t* w = packed.data_ptr<uint8_t>();
-  const float* s = scales.data_ptr<float>();
-  float* out = y.data_ptr<float>();
-  at::parallel_for(0, NT, 8, [&](int64_t begin, int64_t end) {
+  return N;
+}
+
+void q8_matmul_into(const float* x, int64_t M, int64_t K, const uint8_t* w, const float* s,
+                    int64_t N, float* out) {
+  if (M == 0) return;
+  const QuantizedRows xq = quantize_rows(x, M, K);
+  at::parallel_for(0, N / TILE, 8, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
 #ifdef LEVANT_Q8_VNNI
       for (int64_t r0 = 0; r0 < M; r0 += ROWS)
-        levant_kernels::with_rows<ROWS>(std::min<int64_t>(ROWS, M - r0), [&](auto mt) {
+        with_rows<ROWS>(std::min<int64_t>(ROWS, M - r0), [&](auto mt) {
           tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
         });
+#elif defined(LEVANT_Q8_AVX2)
+      for (int h = 0; h < 2; ++h)
+        for (int64_t r0 = 0; r0 < M; r0 += ROWS)
+          with_rows<ROWS>(std::min<int64_t>(ROWS, M - r0), [&](auto mt) {
+            half_rows<decltype(mt)::value>(w, s, xq, out, r0, t, h, K, N);
+          });
 #else
       reference_tile(w, s, xq, out, M, t, K, N);
 #endif
     }
   });
-  return y;
 }
 
-}  // namespace
+}  // namespace levant_kernels
 
 TORCH_LIBRARY_FRAGMENT(levant, m) {
   m.def("q8_matmul(Tensor x, Tensor packed, Tensor scales) -> Tensor");
