@@ -22,7 +22,8 @@
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#define LEVANT_ATTN_SIMD 1
 #include <immintrin.h>
 #endif
 
@@ -38,22 +39,47 @@
 namespace {
 
 // sum_d a[d] * b[d] and a[d] += p * b[d], in float32 (b: a key or value, float or bf16).
-// With AVX-512 (and D a multiple of 16) in 16-lane registers; else plain loops.
+// With AVX-512 in 16-lane registers, with AVX2 in 8-lane ones (D a multiple of the
+// width); else plain loops. vec, W and the v* helpers are the one place that differs.
 #if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const c10::BFloat16* p) {  // bf16 is the top half of a float32
+using vec = __m512;
+constexpr int64_t W = 16;
+inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vec vload(const c10::BFloat16* p) {  // bf16 is the top half of a float32
   const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline vec vzero() { return _mm512_setzero_ps(); }
+inline vec vset1(float x) { return _mm512_set1_ps(x); }
+inline vec vfmadd(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline void vstore(float* p, vec v) { _mm512_storeu_ps(p, v); }
+inline float vsum(vec v) { return _mm512_reduce_add_ps(v); }
+#elif defined(LEVANT_ATTN_SIMD)
+using vec = __m256;
+constexpr int64_t W = 8;
+inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vec vload(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline vec vzero() { return _mm256_setzero_ps(); }
+inline vec vset1(float x) { return _mm256_set1_ps(x); }
+inline vec vfmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline void vstore(float* p, vec v) { _mm256_storeu_ps(p, v); }
+inline float vsum(vec v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
 #endif
 
 template <typename T>
 inline float dot(const float* a, const T* b, int64_t D) {
-#if defined(__AVX512F__)
-  if (D % 16 == 0) {
-    __m512 s = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d += 16) s = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), load16(b + d), s);
-    return _mm512_reduce_add_ps(s);
+#if defined(LEVANT_ATTN_SIMD)
+  if (D % W == 0) {
+    vec s = vzero();
+    for (int64_t d = 0; d < D; d += W) s = vfmadd(vload(a + d), vload(b + d), s);
+    return vsum(s);
   }
 #endif
   float sum = 0.f;
@@ -63,11 +89,10 @@ inline float dot(const float* a, const T* b, int64_t D) {
 
 template <typename T>
 inline void axpy(float* a, float p, const T* b, int64_t D) {
-#if defined(__AVX512F__)
-  if (D % 16 == 0) {
-    const __m512 pv = _mm512_set1_ps(p);
-    for (int64_t d = 0; d < D; d += 16)
-      _mm512_storeu_ps(a + d, _mm512_fmadd_ps(pv, load16(b + d), _mm512_loadu_ps(a + d)));
+#if defined(LEVANT_ATTN_SIMD)
+  if (D % W == 0) {
+    const vec pv = vset1(p);
+    for (int64_t d = 0; d < D; d += W) vstore(a + d, vfmadd(pv, vload(b + d), vload(a + d)));
     return;
   }
 #endif
@@ -76,7 +101,7 @@ inline void axpy(float* a, float p, const T* b, int64_t D) {
 
 template <typename T>
 inline void prefetch_slot(const T* p, int64_t bytes) {
-#if defined(__AVX512F__)
+#if defined(LEVANT_ATTN_SIMD)
   for (int64_t off = 0; off < bytes; off += 64)
     _mm_prefetch(reinterpret_cast<const char*>(p) + off, _MM_HINT_T0);
 #endif
@@ -86,15 +111,15 @@ inline void prefetch_slot(const T* p, int64_t bytes) {
 // the key or value is loaded once for all of them and their chains run side by side.
 template <int GQ, typename T>
 inline void group_scores(const float* q, const T* k, int64_t D, float* s, int64_t s_stride) {
-#if defined(__AVX512F__)
-  if (D % 16 == 0) {
-    __m512 acc[GQ];
-    for (int h = 0; h < GQ; ++h) acc[h] = _mm512_setzero_ps();
-    for (int64_t d = 0; d < D; d += 16) {
-      const __m512 kc = load16(k + d);
-      for (int h = 0; h < GQ; ++h) acc[h] = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * D + d), kc, acc[h]);
+#if defined(LEVANT_ATTN_SIMD)
+  if (D % W == 0) {
+    vec acc[GQ];
+    for (int h = 0; h < GQ; ++h) acc[h] = vzero();
+    for (int64_t d = 0; d < D; d += W) {
+      const vec kc = vload(k + d);
+      for (int h = 0; h < GQ; ++h) acc[h] = vfmadd(vload(q + h * D + d), kc, acc[h]);
     }
-    for (int h = 0; h < GQ; ++h) s[h * s_stride] = _mm512_reduce_add_ps(acc[h]);
+    for (int h = 0; h < GQ; ++h) s[h * s_stride] = vsum(acc[h]);
     return;
   }
 #endif
@@ -102,7 +127,7 @@ inline void group_scores(const float* q, const T* k, int64_t D, float* s, int64_
 }
 
 // The GQ query heads' accumulators += their weights times one value (the plain loops, for a
-// head size that is not a multiple of 16; block_values has the vector path).
+// head size that is not a multiple of the vector width; block_values has the vector path).
 template <int GQ, typename T>
 inline void group_values(float* acc, const float* p, int64_t p_stride, const T* v, int64_t D) {
   for (int h = 0; h < GQ; ++h) axpy(acc + h * D, p[h * p_stride], v, D);
@@ -121,43 +146,45 @@ inline void block_scores(const float* qf, const T* base, const T* next, int64_t 
   }
 }
 
-#if defined(__AVX512F__)
-// acc (GQ heads x D) += sum_i p[h][i] * v_i over a block's n slots, for the C 16-lane chunks
-// of dimensions d0 .. d0 + 16 C: the GQ x C accumulators stay in registers for the whole
+#if defined(LEVANT_ATTN_SIMD)
+// acc (GQ heads x D) += sum_i p[h][i] * v_i over a block's n slots, for the C W-lane chunks
+// of dimensions d0 .. d0 + W C: the GQ x C accumulators stay in registers for the whole
 // block (one load and store each per block, not per slot) and each value is loaded once.
 template <int GQ, int C, typename T>
 inline void values_pass(float* acc, const float* p, int64_t p_stride, const T* v, int64_t n,
                         int64_t slot_stride, int64_t D, int64_t d0) {
-  __m512 a[GQ][C];
+  vec a[GQ][C];
   for (int h = 0; h < GQ; ++h)
-    for (int c = 0; c < C; ++c) a[h][c] = _mm512_loadu_ps(acc + h * D + d0 + 16 * c);
+    for (int c = 0; c < C; ++c) a[h][c] = vload(acc + h * D + d0 + W * c);
   for (int64_t i = 0; i < n; ++i) {
-    __m512 vc[C];
-    for (int c = 0; c < C; ++c) vc[c] = load16(v + i * slot_stride + d0 + 16 * c);
+    vec vc[C];
+    for (int c = 0; c < C; ++c) vc[c] = vload(v + i * slot_stride + d0 + W * c);
     for (int h = 0; h < GQ; ++h) {
-      const __m512 w = _mm512_set1_ps(p[h * p_stride + i]);
-      for (int c = 0; c < C; ++c) a[h][c] = _mm512_fmadd_ps(w, vc[c], a[h][c]);
+      const vec w = vset1(p[h * p_stride + i]);
+      for (int c = 0; c < C; ++c) a[h][c] = vfmadd(w, vc[c], a[h][c]);
     }
   }
   for (int h = 0; h < GQ; ++h)
-    for (int c = 0; c < C; ++c) _mm512_storeu_ps(acc + h * D + d0 + 16 * c, a[h][c]);
+    for (int c = 0; c < C; ++c) vstore(acc + h * D + d0 + W * c, a[h][c]);
 }
 #endif
 
 template <int GQ, typename T>
 inline void block_values(float* acc, const float* s, const T* base, int64_t n,
                          int64_t slot_stride, int64_t v0, int64_t heads, int64_t D, int64_t bs) {
-#if defined(__AVX512F__)
-  if (D % 16 == 0) {
-    constexpr int C = GQ <= 4 ? 4 : 2;  // chunks per pass: at most 16 accumulators
+#if defined(LEVANT_ATTN_SIMD)
+  if (D % W == 0) {
+    // Chunks per pass: the GQ x C accumulators, C values and a weight within the registers
+    // (32 with AVX-512, 16 with AVX2).
+    constexpr int C = W == 16 ? (GQ <= 4 ? 4 : 2) : (GQ <= 2 ? 4 : GQ <= 4 ? 2 : 1);
     for (int64_t g = 0; g < heads; ++g) {
       float* ag = acc + g * GQ * D;
       const float* pg = s + g * GQ * bs;
       const T* vg = base + (v0 + g) * D;
       int64_t d0 = 0;
-      for (; d0 + 16 * C <= D; d0 += 16 * C)
+      for (; d0 + W * C <= D; d0 += W * C)
         values_pass<GQ, C>(ag, pg, bs, vg, n, slot_stride, D, d0);
-      for (; d0 < D; d0 += 16) values_pass<GQ, 1>(ag, pg, bs, vg, n, slot_stride, D, d0);
+      for (; d0 < D; d0 += W) values_pass<GQ, 1>(ag, pg, bs, vg, n, slot_stride, D, d0);
     }
     return;
   }

@@ -53,7 +53,8 @@ def decode_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, PagedKVCache, DecodeAttention]:
     """R sequences with random keys and values already cached, each decoding one token."""
     c = model.config
-    cache = PagedKVCache.allocate(c, 64, block_size, torch.bfloat16, torch.device("cpu"))
+    num_blocks = sum(n // block_size + 1 for n in contexts) + 1
+    cache = PagedKVCache.allocate(c, num_blocks, block_size, torch.bfloat16, torch.device("cpu"))
     g = torch.Generator().manual_seed(5)
     for kv in cache.kv:
         kv.copy_(torch.randn(kv.shape, generator=g))
