@@ -878,13 +878,21 @@ def _git() -> str:
 
 
 def _cpu() -> str:
+    """The CPU's name and the vector extensions the kernels care about (two VMs both named
+    "AMD EPYC" here ran very different code: AVX-512 VNNI on one, AVX2 on the other)."""
+    name, flags = platform.processor() or "unknown", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile"]
+    isa = [f for f in wanted if f in flags]
+    return f"{name} ({', '.join(isa)})" if isa else name
 
 
 def _model_info(path: Path) -> tuple[str, str]:

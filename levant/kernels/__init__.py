@@ -10,7 +10,8 @@ and callers use their plain PyTorch path: the same arithmetic, slower.
 Ops: ``torch.ops.levant.paged_decode_attention`` (``decode_attention.cpp``),
 ``torch.ops.levant.q4_matmul`` (``q4_matmul.cpp``) and ``torch.ops.levant.q8_matmul``
 (``q8_matmul.cpp``), whose activations ``quantize_rows.h`` quantizes (``q4_ready()`` says
-whether this CPU runs their AVX-512 VNNI paths).
+whether this CPU runs their AVX-512 VNNI or AVX2 paths), and ``torch.ops.levant.decode_step``
+(``decode_step.cpp``: a decode step's decoder layers in one call, over those kernels).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def load() -> bool:
 
 
 def q4_ready() -> bool:
-    """Whether ``levant::q4_matmul`` and ``levant::q8_matmul`` run their VNNI paths here
-    (else callers keep PyTorch's kernels)."""
+    """Whether ``levant::q4_matmul`` and ``levant::q8_matmul`` run their vector paths here
+    (AVX-512 VNNI or AVX2; else callers keep PyTorch's kernels)."""
     return load() and bool(torch.ops.levant.q4_available())
 
 

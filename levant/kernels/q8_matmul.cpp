@@ -1,5 +1,5 @@
 // levant::q8_matmul -- y = x @ W^T for int8 weights with one scale per output (symmetric,
-// as Int8Linear keeps them) on AVX-512 VNNI, for steps of a few rows: above all the output
+// as Int8Linear keeps them) on AVX-512 VNNI or AVX2, for steps of a few rows: above all the output
 // head, a fifth of the bytes a single-sequence step of SmolLM2 reads, where PyTorch's
 // int8 kernel (bf16 activations) streams them at two thirds of this one's speed.
 //
@@ -13,8 +13,10 @@
 // scales  (N,) float32
 // x       (M, K) float32, K a multiple of 32 -> y (M, N) float32
 //
-// Without VNNI the op computes the same arithmetic in plain loops (for tests; callers use
-// PyTorch's kernel where ``levant::q4_available()`` is false).
+// With AVX2 (no VNNI) half_rows multiplies the signed weights directly (vpsignb,
+// vpmaddubsw, vpmaddwd): the same integers, no correction. Without either the op computes
+// the same arithmetic in plain loops (for tests; callers use PyTorch's kernel where
+// ``levant::q4_available()`` is false).
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

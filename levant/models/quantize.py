@@ -4,8 +4,9 @@ gpt-fast does).
 ``quantize_int8``: every ``nn.Linear`` in the blocks, and the output head (the embedding
 matrix when tied), becomes an ``Int8Linear``: symmetric per-output-channel int8 weights
 with one scale per row. The matmul is Levant's ``levant::q8_matmul`` where the CPU has
-AVX-512 VNNI (activations rounded to int8 per group of 32, as llama.cpp's Q8 dot products
-do: 0.45 ms for SmolLM2's 49152 x 576 head at one row on a 2-core EPYC, against 2.0 ms),
+AVX-512 VNNI or AVX2 (activations rounded to int8 per group of 32, as llama.cpp's Q8 dot
+products do: SmolLM2's 49152 x 576 head at one row on a 2-core EPYC takes 0.45 ms with VNNI
+against 2.0 ms, and 0.60 ms with AVX2 against 2.05 ms),
 else PyTorch's CPU kernel ``_weight_int8pack_mm``, fed bf16 activations (its fast path);
 everything else (norms, rotary, attention, the KV cache) stays in the model's dtype. The
 model file never knows.
@@ -87,7 +88,7 @@ class Int8Linear(_WeightOnlyLinear):
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         self.register_buffer("weight", q)  # (out, in) int8
         self.register_buffer("scales", scales.to(torch.bfloat16))  # (out,)
-        # The same values for levant::q8_matmul (AVX-512 VNNI), where this CPU runs it.
+        # The same values for levant::q8_matmul (AVX-512 VNNI or AVX2), where this CPU runs it.
         q8: tuple[torch.Tensor, torch.Tensor] | tuple[None, None] = (None, None)
         if self.out_features % 16 == 0 and self.in_features % 32 == 0 and kernels.q4_ready():
             q8 = pack_q8(q), self.scales.float()
@@ -135,7 +136,7 @@ class Int4Linear(_WeightOnlyLinear):
         codes = q.to(torch.int32).view(out, k)
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
         self.register_buffer("scales_and_zeros", sz.transpose(0, 1).contiguous())  # (g, out, 2)
-        # The same codes for levant::q4_matmul (AVX-512 VNNI), where this CPU runs it.
+        # The same codes for levant::q4_matmul (AVX-512 VNNI or AVX2), where this CPU runs it.
         # (Buffers, so that the registry's memory accounting counts them.)
         q4: tuple[torch.Tensor, torch.Tensor] | tuple[None, None] = (None, None)
         if out % 16 == 0 and kernels.q4_ready():

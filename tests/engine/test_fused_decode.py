@@ -11,6 +11,8 @@ SwiGLU, so the hidden states agree to float32 rounding.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -19,8 +21,12 @@ from levant.engine.core import LLMEngine
 from levant.engine.fused_decode import FusedDecode
 from levant.engine.protocol import EngineRequest, SamplingParams
 from levant.models.config import ModelConfig
-from levant.models.paged_attention import DecodeAttention, PagedKVCache, SequenceChunk
-from levant.models.paged_attention import plan_attention
+from levant.models.paged_attention import (
+    DecodeAttention,
+    PagedKVCache,
+    SequenceChunk,
+    plan_attention,
+)
 from levant.models.quantize import quantize_int4, quantize_int8, quantized_layers
 from levant.models.transformer import Transformer
 from tests.engine.conftest import TINY, random_model, random_prompts
@@ -34,7 +40,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 
 
 class Counting(FusedDecode):
-    calls: list[int] = []
+    calls: ClassVar[list[int]] = []
 
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, attend: DecodeAttention
