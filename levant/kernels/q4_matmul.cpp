@@ -117,6 +117,9 @@ inline __m256 bf16x8(const uint16_t* p) {
 // vpmaddubsw (pairs, int16) then vpmaddwd (pairs of those, int32). A group's int16 partial
 // sums stay below 2^15 (8 terms of at most 2 * 15 * 127), so they add up in int16 and are
 // widened once per group; the float arithmetic is the VNNI path's, in the same order.
+// The adds saturate (they never reach the bound): a plain add is associative, and GCC
+// rebalanced the chain into a tree whose 32 live products spilled to the stack, twice
+// the instructions.
 template <int MT>
 inline void half_rows(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq,
                       float* y, int64_t r0, int64_t t, int h, int64_t K, int64_t N) {
@@ -137,8 +140,8 @@ inline void half_rows(const uint8_t* packed, const uint16_t* scales, const Quant
       const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
       for (int r = 0; r < MT; ++r) {
         const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
-        dot[r] = _mm256_add_epi16(dot[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xr[2 * p])));
-        dot[r] = _mm256_add_epi16(dot[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xr[2 * p + 1])));
+        dot[r] = _mm256_adds_epi16(dot[r], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(xr[2 * p])));
+        dot[r] = _mm256_adds_epi16(dot[r], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(xr[2 * p + 1])));
       }
     }
     const __m256 dw = bf16x8(s);
