@@ -981,6 +981,13 @@ def main() -> None:
         help="requests per concurrency level (default 0: max(concurrency, 8))",
     )
     parser.add_argument("--threads", type=int, default=2, help="threads for every server")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the servers this many times in turn (levant, llama, ..., levant, llama, "
+        "...): on a shared VM whose speed drifts by minutes, compare within a round",
+    )
     parser.add_argument("--short-prompt-tokens", type=int, default=100)
     parser.add_argument("--prefix-prompt-tokens", type=int, default=1000)
     parser.add_argument("--transformers-repeats", type=int, default=3)
@@ -1061,7 +1068,10 @@ def main() -> None:
             jobs.append(("llama-server", lambda: run_llama(cfg, binary, workloads, maker)))
         if "transformers" in servers:
             jobs.append(("transformers", lambda: run_transformers(cfg, workloads)))
-        for label, job in jobs:  # one server at a time: never two on the same cores
+        rounds = [(k, label, job) for k in range(1, args.rounds + 1) for label, job in jobs]
+        for k, label, job in rounds:  # one server at a time: never two on the same cores
+            if args.rounds > 1:
+                label = f"{label} (round {k})"
             load = os.getloadavg()
             _log(f"== {label} (load average {load[0]:.1f})")
             if load[0] > 1.0:  # llama.cpp's spinning threads suffer most from a busy machine
@@ -1075,6 +1085,9 @@ def main() -> None:
                 continue
             result["elapsed_s"] = time.perf_counter() - t0
             result["load_average_at_start"] = load
+            if args.rounds > 1:
+                result["round"] = k
+                result["server"] = f"{result['server']} (round {k})"
             results.append(result)
 
     now = datetime.now(UTC)

@@ -64,14 +64,10 @@ class ModelRunner:
 
         window = self.model.config.sliding_window
         groups = plan_attention(chunks, bs, window, self.device)
-        compiled, fused, rows = self.compiled, self.fused, len(tokens)
-        decodes = 0 < rows == len(chunks)
-        if decodes and fused is not None and fused.covers(rows):
+        step = self._decode_step(len(tokens)) if len(tokens) == len(chunks) else None
+        if step is not None:  # every sequence decodes one token
             decode = DecodeAttention.of(self.cache, tensor(slots), groups[0])
-            h = fused(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
-        elif decodes and compiled is not None and rows <= compiled.max_rows:
-            decode = DecodeAttention.of(self.cache, tensor(slots), groups[0])
-            h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
+            h = step(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
         else:
             attend = PagedAttention(self.cache, tensor(slots), groups)
             h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
@@ -81,3 +77,11 @@ class ModelRunner:
         samplers = [s.request for s in scheduled if s.samples]
         ids = sample_batch(logits, samplers)
         return {r.request_id: t for r, t in zip(samplers, ids, strict=True)}
+
+    def _decode_step(self, rows: int) -> FusedDecode | CompiledDecode | None:
+        """What runs a step of ``rows`` sequences that each decode one token (None: eager)."""
+        if self.fused is not None and self.fused.covers(rows):
+            return self.fused
+        if self.compiled is not None and 0 < rows <= self.compiled.max_rows:
+            return self.compiled
+        return None
