@@ -78,11 +78,11 @@ class FusedDecode:
     def covers(self, rows: int) -> bool:
         return 0 < rows <= self.max_rows
 
-    @torch.inference_mode()
     def __call__(
         self, tokens: torch.Tensor, positions: torch.Tensor, attend: DecodeAttention
     ) -> torch.Tensor:
-        """tokens and positions (R,) -> final-normed hidden states (1, R, dim)."""
+        """tokens and positions (R,) -> final-normed hidden states (1, R, dim). Called under
+        the runner's inference mode (the op writes the cache in place)."""
         R = tokens.shape[0]
         if tokens.dim() != 1 or not self.covers(R):
             raise ValueError(f"the fused step decodes 1 to {self.max_rows} sequences")

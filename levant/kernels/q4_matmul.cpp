@@ -26,14 +26,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define LEVANT_VNNI 1
-#include <immintrin.h>
-#elif defined(__AVX2__) && defined(__FMA__)
-#define LEVANT_AVX2 1
-#include <immintrin.h>
-#endif
-
 #include <c10/util/BFloat16.h>
 
 #include <algorithm>
@@ -49,7 +41,7 @@ namespace {
 using levant_kernels::GROUP;
 using levant_kernels::QuantizedRows;
 using levant_kernels::quantize_rows;
-using levant_kernels::with_rows;
+using levant_kernels::for_row_chunks;
 
 constexpr int64_t TILE = 16;  // outputs per tile (one 16-lane register)
 
@@ -225,16 +217,14 @@ void q4_matmul_into(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
   at::parallel_for(0, N / TILE, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
 #ifdef LEVANT_VNNI
-      for (int64_t r0 = 0; r0 < M; r0 += 8)
-        with_rows<8>(std::min<int64_t>(8, M - r0), [&](auto mt) {
-          tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
-        });
+      for_row_chunks<8>(M, [&](int64_t r0, auto mt) {
+        tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
+      });
 #elif defined(LEVANT_AVX2)
       for (int h = 0; h < 2; ++h)
-        for (int64_t r0 = 0; r0 < M; r0 += 4)
-          with_rows<4>(std::min<int64_t>(4, M - r0), [&](auto mt) {
-            half_rows<decltype(mt)::value>(w, s, xq, out, r0, t, h, K, N);
-          });
+        for_row_chunks<4>(M, [&](int64_t r0, auto mt) {
+          half_rows<decltype(mt)::value>(w, s, xq, out, r0, t, h, K, N);
+        });
 #else
       reference_tile(w, s, xq, out, M, t, K, N);
 #endif

@@ -23,14 +23,6 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define LEVANT_Q8_VNNI 1
-#include <immintrin.h>
-#elif defined(__AVX2__) && defined(__FMA__)
-#define LEVANT_Q8_AVX2 1
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cstdint>
 
@@ -42,13 +34,13 @@ namespace {
 using levant_kernels::GROUP;
 using levant_kernels::QuantizedRows;
 using levant_kernels::quantize_rows;
-using levant_kernels::with_rows;
+using levant_kernels::for_row_chunks;
 
 constexpr int64_t TILE = 16;               // outputs per tile (one 16-lane register)
 constexpr int64_t QUADS = GROUP / 4;       // 4-input quads per group
 constexpr int64_t ROWS = 4;                // rows per pass over a tile's weights
 
-#ifdef LEVANT_Q8_VNNI
+#ifdef LEVANT_VNNI
 // Rows r0 .. r0 + MT - 1 of output tile t.
 template <int MT>
 inline void tile_rows(const uint8_t* packed, const float* scales, const QuantizedRows& xq,
@@ -78,7 +70,7 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
 }
 #endif
 
-#ifdef LEVANT_Q8_AVX2
+#ifdef LEVANT_AVX2
 // The value, through an empty asm: GCC cannot reassociate the adds of a chain across it (it
 // rebalanced the chain into a tree whose live products spilled to the stack).
 inline __m256i opaque(__m256i v) {
@@ -176,17 +168,15 @@ void q8_matmul_into(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
   const QuantizedRows xq = quantize_rows(x, M, K);
   at::parallel_for(0, N / TILE, 8, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-#ifdef LEVANT_Q8_VNNI
-      for (int64_t r0 = 0; r0 < M; r0 += ROWS)
-        with_rows<ROWS>(std::min<int64_t>(ROWS, M - r0), [&](auto mt) {
-          tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
-        });
-#elif defined(LEVANT_Q8_AVX2)
+#ifdef LEVANT_VNNI
+      for_row_chunks<ROWS>(M, [&](int64_t r0, auto mt) {
+        tile_rows<decltype(mt)::value>(w, s, xq, out, r0, t, K, N);
+      });
+#elif defined(LEVANT_AVX2)
       for (int h = 0; h < 2; ++h)
-        for (int64_t r0 = 0; r0 < M; r0 += ROWS)
-          with_rows<ROWS>(std::min<int64_t>(ROWS, M - r0), [&](auto mt) {
-            half_rows<decltype(mt)::value>(w, s, xq, out, r0, t, h, K, N);
-          });
+        for_row_chunks<ROWS>(M, [&](int64_t r0, auto mt) {
+          half_rows<decltype(mt)::value>(w, s, xq, out, r0, t, h, K, N);
+        });
 #else
       reference_tile(w, s, xq, out, M, t, K, N);
 #endif

@@ -6,6 +6,14 @@
 
 #include <ATen/Parallel.h>
 
+// The vector path q4_matmul and q8_matmul compile: AVX-512 VNNI, else AVX2 (with FMA),
+// else neither (their plain loops).
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define LEVANT_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define LEVANT_AVX2 1
+#endif
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -100,6 +108,14 @@ inline void with_rows(int64_t rows, F&& f) {
     if (rows < MAX) return with_rows<MAX - 1>(rows, f);
   }
   f(std::integral_constant<int, MAX>{});
+}
+
+// f(r0, std::integral_constant<int, rows>) for the rows r0 .. r0 + rows - 1 of M, in
+// chunks of ROWS (the last one shorter).
+template <int ROWS, typename F>
+inline void for_row_chunks(int64_t M, F&& f) {
+  for (int64_t r0 = 0; r0 < M; r0 += ROWS)
+    with_rows<ROWS>(std::min<int64_t>(ROWS, M - r0), [&](auto mt) { f(r0, mt); });
 }
 
 }  // namespace levant_kernels

@@ -1,4 +1,4 @@
-"""``levant::q4_matmul`` (C++, AVX-512 VNNI) against its arithmetic written out in PyTorch:
+"""``levant::q4_matmul`` (C++, AVX-512 VNNI or AVX2) against its arithmetic written out in PyTorch:
 activations rounded per row and group of 32 to int8 with one scale (max |x| / 127), the
 integer dot product with the 4-bit codes, then d_w * d_x * dot + m_w * d_x * sum(q_x), where
 d_w and m_w come from the bf16 scale and zero (w = scale * (q - 8) + zero). And
@@ -13,7 +13,7 @@ import torch
 from levant import kernels
 from levant.models.quantize import GROUP_SIZE, Int4Linear, pack_q4
 
-# The op exists in every build (without VNNI it computes the same in plain loops, which
+# The op exists in every build (without either it computes the same in plain loops, which
 # this checks too); Int4Linear uses it only where q4_ready().
 pytestmark = pytest.mark.skipif(not kernels.load(), reason="no C++ compiler: kernels are off")
 
@@ -46,7 +46,7 @@ def test_matches_the_arithmetic_written_out(rows: int, n: int, k: int) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
 
 
-@pytest.mark.skipif(not kernels.q4_ready(), reason="no AVX-512 VNNI build here")
+@pytest.mark.skipif(not kernels.q4_ready(), reason="neither AVX2 nor AVX-512 VNNI here")
 def test_int4_linear_quantized_step_is_close_to_the_dequantized_matmul() -> None:
     g = torch.Generator().manual_seed(5)
     layer = Int4Linear(torch.randn(96, 128, generator=g) * 0.02)

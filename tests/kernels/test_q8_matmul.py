@@ -1,4 +1,4 @@
-"""``levant::q8_matmul`` (C++, AVX-512 VNNI) against its arithmetic written out in PyTorch:
+"""``levant::q8_matmul`` (C++, AVX-512 VNNI or AVX2) against its arithmetic written out in PyTorch:
 activations rounded per row and group of 32 to int8 with one scale (max |x| / 127), the
 integer dot product with the int8 weights, times both scales. And ``Int8Linear``'s
 quantized step, which uses it, against x @ dequantized(W).T and against PyTorch's own int8
@@ -13,7 +13,7 @@ import torch
 from levant import kernels
 from levant.models.quantize import GROUP_SIZE, Int8Linear, pack_q8
 
-# The op exists in every build (without VNNI it computes the same in plain loops, which
+# The op exists in every build (without either it computes the same in plain loops, which
 # this checks too); Int8Linear uses it only where q4_ready().
 pytestmark = pytest.mark.skipif(not kernels.load(), reason="no C++ compiler: kernels are off")
 
@@ -42,7 +42,7 @@ def test_matches_the_arithmetic_written_out(rows: int, n: int, k: int) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4 * expected.abs().max().item())
 
 
-@pytest.mark.skipif(not kernels.q4_ready(), reason="no AVX-512 VNNI build here")
+@pytest.mark.skipif(not kernels.q4_ready(), reason="neither AVX2 nor AVX-512 VNNI here")
 def test_int8_linear_quantized_step_is_close_to_pytorchs_kernel() -> None:
     g = torch.Generator().manual_seed(5)
     layer = Int8Linear(torch.randn(96, 128, generator=g) * 0.02)
