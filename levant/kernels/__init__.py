@@ -8,6 +8,7 @@ Where there is no compiler, the build fails, or ``LEVANT_KERNELS=0``, it returns
 and callers use their plain PyTorch path: the same arithmetic, slower.
 
 Ops: ``torch.ops.levant.paged_decode_attention`` (``decode_attention.cpp``),
+``torch.ops.levant.paged_prefill_attention`` (``prefill_attention.cpp``),
 ``torch.ops.levant.q4_matmul`` (``q4_matmul.cpp``) and ``torch.ops.levant.q8_matmul``
 (``q8_matmul.cpp``), whose activations ``quantize_rows.h`` quantizes (``q4_ready()`` says
 whether this CPU runs their AVX-512 VNNI or AVX2 paths), and ``torch.ops.levant.decode_step``
@@ -152,6 +153,18 @@ def _register_fakes() -> None:
         kv_cache: torch.Tensor,
         tables: torch.Tensor,
         bounds: torch.Tensor,
+        block_size: int,
+        scale: float,
+    ) -> torch.Tensor:
+        return torch.empty_like(q)
+
+    @torch.library.register_fake("levant::paged_prefill_attention")  # type: ignore[untyped-decorator]
+    def _(
+        q: torch.Tensor,
+        kv_cache: torch.Tensor,
+        block_table: torch.Tensor,
+        cached: int,
+        window: int,
         block_size: int,
         scale: float,
     ) -> torch.Tensor:

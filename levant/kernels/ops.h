@@ -1,6 +1,7 @@
-// The kernels of q4_matmul.cpp, q8_matmul.cpp and decode_attention.cpp on raw buffers, for
-// decode_step.cpp, which runs them back to back without a tensor (or a Python call) between
-// them. The ops check their tensors and call these; so does decode_step, once per step.
+// The kernels of q4_matmul.cpp, q8_matmul.cpp, decode_attention.cpp and
+// prefill_attention.cpp on raw buffers, for decode_step.cpp, which runs them back to back
+// without a tensor (or a Python call) between them. The ops check
+// their tensors and call these; so does decode_step, once per step.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -34,5 +35,12 @@ void check_block_tables(const at::Tensor& tables, const at::Tensor& bounds, int6
 void decode_attention_f32(const float* q, const at::Tensor& kv_cache, const int64_t* tables,
                           int64_t N, const int64_t* bounds, float* out, int64_t R, int64_t H,
                           int64_t block_size, float scale);
+
+// levant::paged_prefill_attention for one sequence's chunk: float32 queries q (T, H, D)
+// at positions cached .. cached + T - 1 into out (T, H, D), over one layer's cache through
+// the sequence's block table (already checked); window 0 for none.
+void prefill_attention_f32(const float* q, const at::Tensor& kv_cache, const int64_t* table,
+                           float* out, int64_t T, int64_t H, int64_t cached, int64_t window,
+                           int64_t block_size, float scale);
 
 }  // namespace levant_kernels

@@ -13,7 +13,10 @@ sequence together, and each longer chunk on its own. ``plan_attention`` builds t
 once per step; every layer reuses them. The decode group runs Levant's C++ kernel
 (``levant.kernels``: keys and values read in place, each sequence over its own context)
 where it is built, else the plain path: gather the blocks into a copy padded to the
-longest context, then SDPA with a mask. Chunks always take the plain path.
+longest context, then SDPA with a mask. A chunk (prefill) of float32 queries runs the C++
+prefill kernel (causal flash attention over the sequence's blocks, in place) where it is
+built, else SDPA: causal over its own keys when it is the sequence's first, else over a
+gathered copy with a mask.
 
 ``DecodeAttention`` is the same arithmetic for a step where every sequence decodes one
 token, with tensors only (no Python-level groups): what ``torch.compile`` traces once for
@@ -73,6 +76,15 @@ class SequenceChunk:
 
 
 @dataclass(frozen=True)
+class ChunkSpan:
+    """A chunk's place in its sequence, for ``levant::paged_prefill_attention``."""
+
+    num_cached: int  # positions before the chunk
+    block_table: torch.Tensor  # (n,) the blocks holding positions 0 .. num_cached + Q - 1
+    window: int  # the sliding window, 0 for none
+
+
+@dataclass(frozen=True)
 class AttentionGroup:
     """R sequences of Q new tokens each, attended in one SDPA call (padded to L keys)."""
 
@@ -83,6 +95,8 @@ class AttentionGroup:
     mask: torch.Tensor | None  # (R, 1, Q, L) True where visible; None: plain causal
     bounds: torch.Tensor | None = None  # decode groups: (R, 2) [start, end) of the visible
     # positions of each sequence's one query (what the C++ kernel reads instead of the mask)
+    chunk: ChunkSpan | None = None  # a chunk group: where its sequence's keys are (what
+    # the C++ prefill kernel reads instead of a gathered copy and the mask)
 
 
 def plan_attention(
@@ -131,16 +145,18 @@ def _chunk_group(
 ) -> AttentionGroup:
     rows = slice(c.start, c.start + c.num_new)
     end = c.num_cached + c.num_new
-    if c.num_cached == 0 and (window is None or end <= window):
-        return AttentionGroup(1, rows, None, None)  # a fresh prefill: causal over its own tokens
     num_blocks = -(-end // block_size)
     blocks = _blocks([c.block_table], num_blocks, device)
+    span = ChunkSpan(c.num_cached, blocks, window or 0)
+    if c.num_cached == 0 and (window is None or end <= window):
+        # A fresh prefill: causal over its own tokens.
+        return AttentionGroup(1, rows, None, None, chunk=span)
     q_pos = torch.arange(c.num_cached, end, device=device)[:, None]  # (Q, 1)
     k_pos = torch.arange(num_blocks * block_size, device=device)[None, :]  # (1, L)
     mask = k_pos <= q_pos
     if window is not None:
         mask &= q_pos - k_pos < window
-    return AttentionGroup(1, rows, blocks, mask[None, None])  # mask (1, 1, Q, L)
+    return AttentionGroup(1, rows, blocks, mask[None, None], chunk=span)  # mask (1, 1, Q, L)
 
 
 @dataclass
@@ -178,6 +194,18 @@ class PagedAttention:
                 hd**-0.5,
             )
             return out  # (R, n_heads, hd)
+        if group.chunk is not None and kernel and q.dtype == torch.float32:
+            span = group.chunk
+            out = torch.ops.levant.paged_prefill_attention(
+                q[group.rows].contiguous(),
+                kv_cache,
+                span.block_table,
+                span.num_cached,
+                span.window,
+                self.cache.block_size,
+                hd**-0.5,
+            )
+            return out  # (Q, n_heads, hd)
         qg = q[group.rows].view(R, -1, n_heads, hd)  # (R, Q, n_heads, hd)
         if group.kv_blocks is None:
             kvg = kv[group.rows].view(R, -1, 2 * n_kv_heads, hd)  # (R, Q, 2 * n_kv_heads, hd)

@@ -1,0 +1,262 @@
+// levant::paged_prefill_attention -- causal attention for one sequence's chunk of T new
+// tokens (a prefill chunk), keys and values read from the paged KV cache, where the
+// chunk's own are already written.
+//
+// q            (T, H, D) float32     queries at positions cached .. cached + T - 1
+// kv_cache     (S, 2 * KVH, D)       one layer's cache, float32 or bfloat16 (the layout of
+//                                    paged_decode_attention: keys' heads, then values')
+// block_table  (N,) int64            the sequence's blocks; position p is in p / block_size
+// cached, window                     positions before the chunk; the sliding window (0: none)
+// -> (T, H, D) float32: softmax(q k^T * scale) v per query head over the positions it sees,
+//    [max(0, p - window + 1), p] for the query at p; query head h reads kv head h / (H / KVH).
+//
+// Flash attention, one task per kv head and tile of TQ queries (TQ the vector width): the
+// task's G = H / KVH query heads times TQ queries are the lanes of G vectors, so the
+// softmax's running max and sum are lane-wise (no horizontal reduction), and each tile of
+// KT keys costs two small matrix products in registers: scores S^T (KT x G TQ) = K Q^T,
+// then O (G TQ x D) = O * correction + P V. A tile's keys and values are converted to
+// float32 once, into the task's buffer. Tasks start with the most keys (the last queries):
+// each thread takes the next from a shared counter, so the causal triangle balances.
+// SmolLM2-135M, 1,004-token prompt in chunks of 256, 2 threads on a 2-core EPYC: see
+// docs/benchmarks.md (PyTorch's SDPA with a mask was a third of the prefill).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "ops.h"
+#include "tiles.h"
+#include "vec.h"
+
+namespace {
+
+using namespace levant_kernels;  // vec.h, tiles.h
+
+constexpr int64_t KT = 64;       // keys per tile
+constexpr float NEG = -1e30f;    // a hidden score (finite: NEG - NEG is 0, not NaN)
+#if defined(LEVANT_ATTN_SIMD)
+constexpr int64_t TQ = W;        // queries per task: one vector of lanes per query head
+constexpr int CV = W == 16 ? 4 : 2;  // vectors per row of a register tile
+constexpr int RB = 6;                // rows of a register tile
+#else
+constexpr int64_t TQ = 16;
+#endif
+
+// C (M x N) = A B, or C * rs[r] + A B per row r when rs is given; A's element (r, k) is
+// A[r * ars + k * aks] (either layout: keys' rows, or a transposed P), B row-major.
+// With a vector path, N a multiple of W: register tiles of RB rows x CV vectors.
+void matmul(const float* A, int64_t ars, int64_t aks, const float* B, int64_t ldb, float* C,
+            int64_t ldc, int64_t M, int64_t N, int64_t K, const float* rs) {
+#if defined(LEVANT_ATTN_SIMD)
+  if (N % W == 0) {
+    for (int64_t n0 = 0; n0 < N; n0 += CV * W) {
+      with_rows<CV>(std::min<int64_t>(CV, (N - n0) / W), [&](auto cv) {
+        constexpr int NC = decltype(cv)::value;
+        for_row_chunks<RB>(M, [&](int64_t r0, auto rb) {
+          constexpr int NR = decltype(rb)::value;
+          vec acc[NR][NC];
+          for (int r = 0; r < NR; ++r)
+            for (int c = 0; c < NC; ++c)
+              acc[r][c] = rs ? vmul(vload(C + (r0 + r) * ldc + n0 + W * c), vset1(rs[r0 + r]))
+                             : vzero();
+          const float* a = A + r0 * ars;
+          for (int64_t k = 0; k < K; ++k) {
+            vec b[NC];
+            for (int c = 0; c < NC; ++c) b[c] = vload(B + k * ldb + n0 + W * c);
+            for (int r = 0; r < NR; ++r) {
+              const vec ar = vset1(a[r * ars + k * aks]);
+              for (int c = 0; c < NC; ++c) acc[r][c] = vfmadd(ar, b[c], acc[r][c]);
+            }
+          }
+          for (int r = 0; r < NR; ++r)
+            for (int c = 0; c < NC; ++c) vstore(C + (r0 + r) * ldc + n0 + W * c, acc[r][c]);
+        });
+      });
+    }
+    return;
+  }
+#endif
+  for (int64_t r = 0; r < M; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      float acc = rs ? C[r * ldc + n] * rs[r] : 0.f;
+      for (int64_t k = 0; k < K; ++k) acc += A[r * ars + k * aks] * B[k * ldb + n];
+      C[r * ldc + n] = acc;
+    }
+}
+
+// The online softmax over one tile's scores S^T (n keys x MQ lanes, in place: scores in,
+// weights out): hides the keys a lane does not see, then updates the lanes' running max m
+// and sum l, and sets corr to the factor their accumulated outputs take.
+void softmax_tile(float* st, int64_t n, int64_t MQ, int64_t kp0, const float* lo,
+                  const float* hi, bool hide, float* m, float* l, float* corr) {
+  int64_t j = 0;
+#if defined(LEVANT_ATTN_SIMD)
+  for (; j + W <= MQ; j += W) {
+    const vec vlo = vload(lo + j), vhi = vload(hi + j), neg = vset1(NEG), m0 = vload(m + j);
+    vec mx = m0;
+    for (int64_t k = 0; k < n; ++k) {
+      vec s = vload(st + k * MQ + j);
+      if (hide) {
+        s = vhide(s, static_cast<float>(kp0 + k), vlo, vhi, neg);
+        vstore(st + k * MQ + j, s);
+      }
+      mx = vmax(mx, s);
+    }
+    vec sum = vzero();
+    for (int64_t k = 0; k < n; ++k) {
+      const vec p = vexp(vsub(vload(st + k * MQ + j), mx));
+      vstore(st + k * MQ + j, p);
+      sum = vadd(sum, p);
+    }
+    const vec c = vexp(vsub(m0, mx));
+    vstore(corr + j, c);
+    vstore(m + j, mx);
+    vstore(l + j, vfmadd(vload(l + j), c, sum));
+  }
+#endif
+  for (; j < MQ; ++j) {
+    float mx = m[j];
+    for (int64_t k = 0; k < n; ++k) {
+      const float kp = static_cast<float>(kp0 + k);
+      float& s = st[k * MQ + j];
+      if (hide && (kp < lo[j] || kp > hi[j])) s = NEG;
+      mx = std::max(mx, s);
+    }
+    float sum = 0.f;
+    for (int64_t k = 0; k < n; ++k) {
+      float& s = st[k * MQ + j];
+      s = expf(s - mx);
+      sum += s;
+    }
+    corr[j] = expf(m[j] - mx);
+    m[j] = mx;
+    l[j] = l[j] * corr[j] + sum;
+  }
+}
+
+template <typename T>
+inline void to_float(const T* src, float* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+template <typename T>
+void prefill_attention(const float* q, const T* cache, const int64_t* table, float* out,
+                       int64_t Tq, int64_t H, int64_t KVH, int64_t D, int64_t cached,
+                       int64_t window, int64_t bs, float scale) {
+  const int64_t G = H / KVH, MQ = G * TQ, slot_stride = 2 * KVH * D;
+  const int64_t tiles = (Tq + TQ - 1) / TQ, tasks = tiles * KVH;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    std::vector<float> qt(D * MQ), st(KT * MQ), o(MQ * D), kf(KT * D), vf(KT * D);
+    std::vector<float> m(MQ), l(MQ), corr(MQ), lo(MQ), hi(MQ);
+    for (int64_t task; (task = next.fetch_add(1)) < tasks;) {
+      const int64_t tile = tiles - 1 - task / KVH, g = task % KVH;  // the most keys first
+      const int64_t q0 = tile * TQ, nq = std::min(TQ, Tq - q0);
+      // Lane h * TQ + i: query head g * G + h at position cached + q0 + i (the padding
+      // lanes past nq repeat the last query, with zero weights, and are not written).
+      for (int64_t h = 0; h < G; ++h)
+        for (int64_t i = 0; i < TQ; ++i) {
+          const int64_t lane = h * TQ + i, qi = std::min(i, nq - 1);
+          const float* qr = q + ((q0 + qi) * H + g * G + h) * D;
+          for (int64_t d = 0; d < D; ++d) qt[d * MQ + lane] = i < nq ? scale * qr[d] : 0.f;
+          const int64_t pos = cached + q0 + qi;
+          hi[lane] = static_cast<float>(pos);
+          lo[lane] = window > 0 ? static_cast<float>(pos - window + 1) : 0.f;
+        }
+      std::fill(o.begin(), o.end(), 0.f);
+      std::fill(m.begin(), m.end(), NEG);
+      std::fill(l.begin(), l.end(), 0.f);
+      const int64_t first = cached + q0, last = cached + q0 + nq - 1;
+      const int64_t k_begin = window > 0 ? std::max<int64_t>(0, first - window + 1) : 0;
+      // Every lane sees a key of the first tile (TQ <= KT), so no lane's max stays NEG.
+      for (int64_t kp0 = k_begin; kp0 <= last; kp0 += KT) {
+        const int64_t n = std::min(KT, last + 1 - kp0);
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t p = kp0 + k;
+          const T* row = cache + (table[p / bs] * bs + p % bs) * slot_stride;
+          to_float(row + g * D, kf.data() + k * D, D);
+          to_float(row + (KVH + g) * D, vf.data() + k * D, D);
+        }
+        matmul(kf.data(), D, 1, qt.data(), MQ, st.data(), MQ, n, MQ, D, nullptr);
+        const bool hide = kp0 + n - 1 > first || (window > 0 && kp0 <= last - window);
+        softmax_tile(st.data(), n, MQ, kp0, lo.data(), hi.data(), hide, m.data(), l.data(),
+                     corr.data());
+        matmul(st.data(), 1, MQ, vf.data(), D, o.data(), D, MQ, D, n, corr.data());
+      }
+      for (int64_t h = 0; h < G; ++h)
+        for (int64_t i = 0; i < nq; ++i) {
+          const int64_t lane = h * TQ + i;
+          const float inv = 1.f / l[lane];
+          float* dst = out + ((q0 + i) * H + g * G + h) * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] = o[lane * D + d] * inv;
+        }
+    }
+  });
+}
+
+at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& kv_cache,
+                                   const at::Tensor& block_table, int64_t cached, int64_t window,
+                                   int64_t block_size, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.scalar_type() == at::kFloat && q.is_contiguous(),
+              "q: contiguous (T, H, D) float32");
+  TORCH_CHECK(kv_cache.dim() == 3 && kv_cache.is_contiguous() && kv_cache.size(1) % 2 == 0,
+              "kv_cache: contiguous (S, 2 * KVH, D)");
+  const int64_t T = q.size(0), H = q.size(1), D = q.size(2), KVH = kv_cache.size(1) / 2;
+  TORCH_CHECK(kv_cache.size(2) == D && KVH > 0 && H % KVH == 0, "head sizes do not match");
+  TORCH_CHECK(kv_cache.scalar_type() == at::kFloat || kv_cache.scalar_type() == at::kBFloat16,
+              "kv_cache: float32 or bfloat16");
+  TORCH_CHECK(block_table.dim() == 1 && block_table.scalar_type() == at::kLong &&
+                  block_table.is_contiguous(),
+              "block_table: contiguous (N,) int64");
+  TORCH_CHECK(T > 0 && cached >= 0 && window >= 0, "T > 0, cached >= 0, window >= 0");
+  TORCH_CHECK(block_size > 0 && kv_cache.size(0) % block_size == 0,
+              "block_size does not divide the cache");
+  // Every block from the first query's window start to the last query must be in the cache.
+  const int64_t lo = window > 0 ? std::max<int64_t>(0, cached - window + 1) : 0;
+  const int64_t end = cached + T, num_blocks = kv_cache.size(0) / block_size;
+  const int64_t* table = block_table.data_ptr<int64_t>();
+  TORCH_CHECK(end <= block_table.size(0) * block_size, "the block table ends before the chunk");
+  for (int64_t i = lo / block_size; i <= (end - 1) / block_size; ++i)
+    TORCH_CHECK(0 <= table[i] && table[i] < num_blocks, "block id out of the cache");
+  at::Tensor out = at::empty_like(q);
+  levant_kernels::prefill_attention_f32(q.data_ptr<float>(), kv_cache, table,
+                                        out.data_ptr<float>(), T, H, cached, window, block_size,
+                                        static_cast<float>(scale));
+  return out;
+}
+
+}  // namespace
+
+namespace levant_kernels {
+
+void prefill_attention_f32(const float* q, const at::Tensor& kv_cache, const int64_t* table,
+                           float* out, int64_t T, int64_t H, int64_t cached, int64_t window,
+                           int64_t block_size, float scale) {
+  const int64_t KVH = kv_cache.size(1) / 2, D = kv_cache.size(2);
+  if (kv_cache.scalar_type() == at::kBFloat16)
+    prefill_attention(q, kv_cache.data_ptr<c10::BFloat16>(), table, out, T, H, KVH, D, cached,
+                      window, block_size, scale);
+  else
+    prefill_attention(q, kv_cache.data_ptr<float>(), table, out, T, H, KVH, D, cached, window,
+                      block_size, scale);
+}
+
+}  // namespace levant_kernels
+
+TORCH_LIBRARY_FRAGMENT(levant, m) {
+  m.def(
+      "paged_prefill_attention(Tensor q, Tensor kv_cache, Tensor block_table, int cached, "
+      "int window, int block_size, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(levant, CPU, m) {
+  m.impl("paged_prefill_attention", &paged_prefill_attention);
+}
