@@ -17,7 +17,7 @@ import torch
 from levant.engine.block_hash import extra_keys
 from levant.engine.compiled_decode import CompiledDecode
 from levant.engine.errors import ContextLengthExceeded
-from levant.engine.fused_decode import FusedDecode
+from levant.engine.fused_step import UNLIMITED, FusedStep
 from levant.engine.kv_cache_manager import KVCacheManager
 from levant.engine.model_runner import ModelRunner
 from levant.engine.protocol import EngineOutput, EngineRequest
@@ -52,16 +52,16 @@ class LLMEngine:
         max_num_seqs: int = 64,
         enable_prefix_caching: bool = True,
         compile_decode: bool = False,
-        fused_decode: bool = True,
+        fused_step: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``kv_cache_bytes`` sizes the paged cache (default 1 GiB); ``max_context`` is
         also capped by it, so that a request alone always fits. ``dtype`` is the cache's.
         ``compile_decode`` compiles the decode steps (every sequence decoding one token;
-        a minute or more), in ``warm_up`` or else at the first such step; ``fused_decode``
-        runs those steps in one call to ``levant::decode_step`` where the model's layers
-        allow it (``FusedDecode.of``: quantized weights on Levant's kernels), which makes
-        compiling them unnecessary."""
+        a minute or more), in ``warm_up`` or else at the first such step; ``fused_step``
+        runs every step (decodes, prefill chunks, both) in one call to
+        ``levant::fused_step`` where the model's layers allow it (``FusedStep.of``:
+        quantized weights on Levant's kernels), which makes compiling unnecessary."""
         self.model = model
         self.config = config
         self.device = torch.device(device)
@@ -84,7 +84,7 @@ class LLMEngine:
         )
         compiled = CompiledDecode(model, max_num_seqs) if compile_decode else None
         on_cpu = self.device.type == "cpu"
-        fused = FusedDecode.of(model, max_num_seqs) if fused_decode and on_cpu else None
+        fused = FusedStep.of(model) if fused_step and on_cpu else None
         self.runner = ModelRunner(model, self.kv_cache, self.device, compiled, fused)
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 
@@ -98,7 +98,8 @@ class LLMEngine:
         fused, compiled = self.runner.fused, self.runner.compiled
         if fused is not None:
             fused.refresh()
-            log.info("decode steps of up to %d sequences run fused (decode_step)", fused.max_rows)
+            limit = "any number of" if fused.max_rows == UNLIMITED else f"up to {fused.max_rows}"
+            log.info("steps of %s tokens run fused (levant::fused_step)", limit)
             if compiled is not None and fused.max_rows >= compiled.max_rows:
                 log.info("not compiling the decode step: the fused step covers every batch size")
                 self.runner.compiled = compiled = None

@@ -2,8 +2,9 @@
 
 Flattens the step's requests into one sequence (B = 1) with per-token positions and cache
 slots, runs the model over the paged cache, and samples the rows that end a sequence.
-A step where every sequence decodes one token runs the ``FusedDecode`` when there is one and
-it covers that many sequences, else the ``CompiledDecode`` when there is one.
+A step runs the ``FusedStep`` (all layers in one C++ call) when there is one and it covers
+that many tokens; else a step where every sequence decodes one token runs the
+``CompiledDecode`` when there is one; else the model's layers run one by one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from levant.engine.compiled_decode import CompiledDecode
-from levant.engine.fused_decode import FusedDecode
+from levant.engine.fused_step import FusedStep
 from levant.engine.sampler import sample_batch
 from levant.engine.scheduler import ScheduledRequest
 from levant.models.paged_attention import (
@@ -31,7 +32,7 @@ class ModelRunner:
         cache: PagedKVCache,
         device: torch.device,
         compiled: CompiledDecode | None = None,
-        fused: FusedDecode | None = None,
+        fused: FusedStep | None = None,
     ) -> None:
         self.model = model
         self.cache = cache
@@ -63,12 +64,15 @@ class ModelRunner:
             return torch.tensor(xs, dtype=torch.long, device=self.device)
 
         window = self.model.config.sliding_window
-        groups = plan_attention(chunks, bs, window, self.device)
-        step = self._decode_step(len(tokens)) if len(tokens) == len(chunks) else None
-        if step is not None:  # every sequence decodes one token
-            decode = DecodeAttention.of(self.cache, tensor(slots), groups[0])
-            h = step(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
+        compiled = self._compiled_step(len(tokens)) if len(tokens) == len(chunks) else None
+        if self.fused is not None and self.fused.covers(len(tokens)):
+            h = self.fused(tensor(tokens), tensor(positions), chunks, self.cache)  # (1, T, dim)
+        elif compiled is not None:  # every sequence decodes one token
+            [group] = plan_attention(chunks, bs, window, self.device)
+            decode = DecodeAttention.of(self.cache, tensor(slots), group)
+            h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
         else:
+            groups = plan_attention(chunks, bs, window, self.device)
             attend = PagedAttention(self.cache, tensor(slots), groups)
             h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
         if not sample_rows:
@@ -78,10 +82,8 @@ class ModelRunner:
         ids = sample_batch(logits, samplers)
         return {r.request_id: t for r, t in zip(samplers, ids, strict=True)}
 
-    def _decode_step(self, rows: int) -> FusedDecode | CompiledDecode | None:
-        """What runs a step of ``rows`` sequences that each decode one token (None: eager)."""
-        if self.fused is not None and self.fused.covers(rows):
-            return self.fused
+    def _compiled_step(self, rows: int) -> CompiledDecode | None:
+        """The compiled step for ``rows`` sequences that each decode one token, if any."""
         if self.compiled is not None and 0 < rows <= self.compiled.max_rows:
             return self.compiled
         return None

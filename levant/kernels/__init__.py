@@ -11,8 +11,8 @@ Ops: ``torch.ops.levant.paged_decode_attention`` (``decode_attention.cpp``),
 ``torch.ops.levant.paged_prefill_attention`` (``prefill_attention.cpp``),
 ``torch.ops.levant.q4_matmul`` (``q4_matmul.cpp``) and ``torch.ops.levant.q8_matmul``
 (``q8_matmul.cpp``), whose activations ``quantize_rows.h`` quantizes (``q4_ready()`` says
-whether this CPU runs their AVX-512 VNNI or AVX2 paths), and ``torch.ops.levant.decode_step``
-(``decode_step.cpp``: a decode step's decoder layers in one call, over those kernels).
+whether this CPU runs their AVX-512 VNNI or AVX2 paths), and ``torch.ops.levant.fused_step``
+(``fused_step.cpp``: an engine step's decoder layers in one call, over those kernels).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 // The kernels of q4_matmul.cpp, q8_matmul.cpp, decode_attention.cpp and
-// prefill_attention.cpp on raw buffers, for decode_step.cpp, which runs them back to back
+// prefill_attention.cpp on raw buffers, for fused_step.cpp, which runs them back to back
 // without a tensor (or a Python call) between them. The ops check
-// their tensors and call these; so does decode_step, once per step.
+// their tensors and call these; so does fused_step, once per step.
 #pragma once
 
 #include <ATen/core/Tensor.h>

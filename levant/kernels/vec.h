@@ -36,6 +36,7 @@ inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 inline vec vsub(vec a, vec b) { return _mm512_sub_ps(a, b); }
 inline vec vmax(vec a, vec b) { return _mm512_max_ps(a, b); }
+inline vec vdiv(vec a, vec b) { return _mm512_div_ps(a, b); }
 // s where lo <= kp <= hi, else x (per lane: a key position against a query's bounds).
 inline vec vhide(vec s, float kp, vec lo, vec hi, vec x) {
   const vec k = vset1(kp);
@@ -71,6 +72,7 @@ inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 inline vec vsub(vec a, vec b) { return _mm256_sub_ps(a, b); }
 inline vec vmax(vec a, vec b) { return _mm256_max_ps(a, b); }
+inline vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
 inline vec vhide(vec s, float kp, vec lo, vec hi, vec x) {
   const vec k = vset1(kp);
   const vec out = _mm256_or_ps(_mm256_cmp_ps(k, lo, _CMP_LT_OQ), _mm256_cmp_ps(k, hi, _CMP_GT_OQ));

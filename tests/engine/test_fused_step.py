@@ -1,0 +1,190 @@
+"""The fused step (``levant::fused_step``): the same hidden states, cache writes and greedy
+tokens as the layer-by-layer forward on the same quantized weights, for decode steps,
+prefill chunks and steps that mix them; the path the engine actually takes; and its limits
+(a float model, a layer that prefers its dense copy at that many rows, bad inputs).
+
+The reference is the model's own ``hidden_states`` over the same paged cache with the same
+matmul kernels per layer and PyTorch's attention (SDPA over gathered blocks with a mask:
+the C++ attention kernels are switched off for it, with a float32 cache), itself checked
+against the contiguous cache and transformers elsewhere. What differs is the order of
+float operations in the norms, rotary, SwiGLU and softmax, so the hidden states agree to
+float32 rounding.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+
+from levant import kernels
+from levant.engine.core import LLMEngine
+from levant.engine.fused_step import UNLIMITED, FusedStep
+from levant.engine.protocol import EngineRequest, SamplingParams
+from levant.models import paged_attention
+from levant.models.config import ModelConfig
+from levant.models.paged_attention import (
+    PagedAttention,
+    PagedKVCache,
+    SequenceChunk,
+    plan_attention,
+)
+from levant.models.quantize import quantize_int4, quantize_int8, quantized_layers
+from levant.models.transformer import Transformer
+from tests.engine.conftest import TINY, random_model, random_prompts
+from tests.engine.test_engine import run, tokens_of
+
+pytestmark = pytest.mark.skipif(
+    not kernels.q4_ready(), reason="Levant's quantized kernels need AVX2 or AVX-512 VNNI"
+)
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+BS = 4  # block size
+
+
+class Counting(FusedStep):
+    calls: ClassVar[list[tuple[int, int]]] = []  # (tokens, sequences) per step
+
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        chunks: list[SequenceChunk],
+        cache: PagedKVCache,
+    ) -> torch.Tensor:
+        type(self).calls.append((tokens.shape[0], len(chunks)))
+        return super().__call__(tokens, positions, chunks, cache)
+
+
+def quantized(kind: str, window: int | None = None) -> Transformer:
+    model = random_model(ModelConfig(**{**TINY.__dict__, "sliding_window": window}))
+    return (quantize_int4 if kind == "int4" else quantize_int8)(model, dense=False)
+
+
+def step_inputs(
+    model: Transformer, spans: list[tuple[int, int]], dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, torch.Tensor, list[SequenceChunk], torch.Tensor, PagedKVCache]:
+    """Sequences (cached, new) in row order, with random keys and values cached: their
+    tokens, positions, chunks, slots and the cache (of ``dtype``)."""
+    c = model.config
+    num_blocks = sum((cached + new) // BS + 1 for cached, new in spans) + 1
+    cache = PagedKVCache.allocate(c, num_blocks, BS, dtype, torch.device("cpu"))
+    g = torch.Generator().manual_seed(5)
+    for kv in cache.kv:
+        kv.copy_(torch.randn(kv.shape, generator=g))
+    chunks, slots, positions, next_block, row = [], [], [], num_blocks - 1, 0
+    for cached, new in spans:  # blocks handed out from the top down, so tables are not 0..n
+        blocks = list(range(next_block, next_block - (cached + new) // BS - 1, -1))
+        next_block -= len(blocks)
+        chunks.append(SequenceChunk(row, new, cached, blocks))
+        positions += range(cached, cached + new)
+        slots += [blocks[p // BS] * BS + p % BS for p in range(cached, cached + new)]
+        row += new
+    tokens = torch.randint(0, c.vocab_size, (row,), generator=g)
+    return tokens, torch.tensor(positions), chunks, torch.tensor(slots), cache
+
+
+STEPS = {
+    "decodes": [(0, 1), (3, 1), (9, 1), (17, 1), (30, 1)],
+    "a fresh prefill": [(0, 37)],
+    "mixed": [(5, 1), (0, 13), (22, 1), (9, 20), (40, 1)],  # decodes between chunks
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+@pytest.mark.parametrize(("kind", "window"), [("int4", None), ("int8", None), ("int4", 6)])
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.bfloat16])
+def test_same_hidden_states_and_cache_writes_as_the_layers(
+    kind: str,
+    window: int | None,
+    step: str,
+    cache_dtype: torch.dtype,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a float32 cache the reference attends with SDPA; with a bf16 one, SDPA would
+    round the queries to bf16 too, so it runs the C++ attention kernels (each checked
+    against SDPA in tests/kernels)."""
+    model = quantized(kind, window)
+    fused = FusedStep.of(model)
+    assert fused is not None and fused.max_rows == UNLIMITED
+    tokens, positions, chunks, slots, cache = step_inputs(model, STEPS[step], cache_dtype)
+    before = [kv.clone() for kv in cache.kv]
+    with torch.inference_mode():
+        got = fused(tokens, positions, chunks, cache)
+        after_fused = [kv.clone() for kv in cache.kv]
+        for kv, b in zip(cache.kv, before, strict=True):
+            kv.copy_(b)
+        if cache_dtype == torch.float32:
+            monkeypatch.setattr(paged_attention, "kernel_takes", lambda q, kv: False)
+        groups = plan_attention(chunks, BS, window, torch.device("cpu"))
+        want = model.hidden_states(tokens[None], positions, PagedAttention(cache, slots, groups))
+    assert got.shape == want.shape == (1, tokens.shape[0], TINY.dim)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # Each layer's new keys and values landed in the same slots, and nothing else moved.
+    for fused_kv, layer_kv, b in zip(after_fused, cache.kv, before, strict=True):
+        torch.testing.assert_close(fused_kv.float(), layer_kv.float(), rtol=1e-2, atol=1e-2)
+        changed = (fused_kv != b).any(-1).any(-1).nonzero().flatten().tolist()
+        assert set(changed) <= set(slots.tolist())
+        assert changed  # the new tokens were written
+
+
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_engine_runs_every_step_fused_with_the_layer_by_layer_tokens(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = quantized(kind)
+    monkeypatch.setattr("levant.engine.core.FusedStep", Counting)
+    # A budget of 32 tokens: prompts are cut into chunks and mixed with decodes.
+    fused = LLMEngine(model, model.config, max_num_batched_tokens=32)
+    plain = LLMEngine(model, model.config, max_num_batched_tokens=32, fused_step=False)
+    assert isinstance(fused.runner.fused, Counting) and plain.runner.fused is None
+    Counting.calls = []
+    reqs = [EngineRequest(f"r{i}", p, GREEDY) for i, p in enumerate(random_prompts(6, 3, 40))]
+    got, want = run(fused, reqs), run(plain, reqs)
+    assert {k: tokens_of(v) for k, v in got.items()} == {k: tokens_of(v) for k, v in want.items()}
+    assert all(len(tokens_of(v)) == 16 for v in got.values())
+    assert (6, 6) in Counting.calls  # all six sequences decoding together
+    assert any(t > n > 1 for t, n in Counting.calls)  # a chunk beside other sequences
+    prompt_tokens = sum(len(r.prompt_token_ids) for r in reqs)
+    assert sum(t for t, _ in Counting.calls) == prompt_tokens + 6 * 15  # every step fused
+
+
+def test_a_float_model_has_no_fused_step() -> None:
+    assert FusedStep.of(random_model()) is None
+    assert LLMEngine(random_model(), TINY).runner.fused is None
+
+
+def test_rows_past_a_layers_switch_to_its_dense_copy_are_not_fused() -> None:
+    model = quantize_int4(random_model())  # with dense copies
+    for layer in quantized_layers(model):
+        layer.dense_above = 2
+    fused = FusedStep.of(model)
+    assert fused is not None
+    assert fused.max_rows == 2 and fused.covers(2) and not fused.covers(3)
+    tokens, positions, chunks, _, cache = step_inputs(model, [(1, 1), (2, 1), (3, 1)])
+    with pytest.raises(ValueError, match="1 to 2 tokens"):
+        fused(tokens, positions, chunks, cache)
+    for layer in quantized_layers(model):
+        layer.dense = None  # what tuning does when the dense copy never wins
+    fused.refresh()
+    assert fused.max_rows == UNLIMITED
+
+
+def test_bad_inputs_are_refused_before_anything_is_written() -> None:
+    model = quantized("int4")
+    fused = FusedStep.of(model)
+    assert fused is not None
+    tokens, positions, chunks, _, cache = step_inputs(model, [(2, 1), (5, 6)])
+    before = [kv.clone() for kv in cache.kv]
+    bad = [
+        ("block id out of the cache", [chunks[0], SequenceChunk(1, 6, 5, [0, 99, 1])]),
+        ("block id out of the cache", [chunks[0], SequenceChunk(1, 6, 5, [0])]),  # too short
+        ("rows out of order", [chunks[1], chunks[0]]),
+        ("do not cover the step", [chunks[0], SequenceChunk(1, 5, 5, chunks[1].block_table)]),
+    ]
+    with torch.inference_mode():
+        for message, wrong in bad:
+            with pytest.raises(RuntimeError, match=message):
+                fused(tokens, positions, wrong, cache)
+    assert all(torch.equal(a, b) for a, b in zip(cache.kv, before, strict=True))
