@@ -247,7 +247,9 @@ def dense_copy_bytes(model: nn.Module) -> int:
     return sum(m.dense.nbytes() for m in quantized_layers(model) if m.dense is not None)
 
 
-def tune_dense_above(model: nn.Module, *, repeats: int = 5) -> dict[tuple[int, int], int]:
+def tune_dense_above(
+    model: nn.Module, *, repeats: int = 5, margin: float = 1.0
+) -> dict[tuple[int, int], int]:
     """For each distinct matrix shape among the model's quantized layers, time both
     kernels at ``TUNE_ROWS`` rows and set ``dense_above`` of the layers of that shape to
     the largest row count below the first one where the dense copy wins (the quantized
@@ -258,7 +260,10 @@ def tune_dense_above(model: nn.Module, *, repeats: int = 5) -> dict[tuple[int, i
     steps. A shape whose dense copy never wins, not even at ``TUNE_ROWS[-1]`` rows (a full
     prefill chunk), drops its copies: the quantized kernel runs every step (as it would
     with ``dense=False``) and the bf16 bytes are freed (SmolLM2 int4 on a 2-core EPYC
-    without AMX: all of them, ~270 MB). Returns {(out, in): rows}."""
+    without AMX: all of them, ~270 MB). The dense copy wins at n rows when its time times
+    ``margin`` is below the quantized kernel's: above 1 where switching to it costs more
+    than the two matmuls (the engine's fused step, which runs only quantized kernels).
+    Returns {(out, in): rows}."""
     by_shape: dict[tuple[int, int], list[_WeightOnlyLinear]] = {}
     for m in quantized_layers(model):
         if m.dense is not None:
@@ -268,7 +273,7 @@ def tune_dense_above(model: nn.Module, *, repeats: int = 5) -> dict[tuple[int, i
         rows = TUNE_ROWS[-1]
         for i, n in enumerate(TUNE_ROWS):
             x = torch.randn(n, shape[1])
-            if _best_ms(layers, True, x, repeats) < _best_ms(layers, False, x, repeats):
+            if _best_ms(layers, True, x, repeats) * margin < _best_ms(layers, False, x, repeats):
                 rows = TUNE_ROWS[i - 1] if i else 0
                 break
         for layer in layers:

@@ -247,6 +247,27 @@ def test_tuning_drops_the_dense_copies_of_a_shape_where_they_never_win(
     assert model(torch.randn(300, 128)).shape == (300, 64)  # past the tuned rows: quantized
 
 
+def test_a_margin_keeps_the_quantized_kernel_where_the_dense_copy_barely_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engine tunes with a margin when its fused step (quantized kernels only) runs
+    the steps: a dense copy 10% faster is not worth leaving it, one 2x faster is."""
+    model, _ = tuning_model()
+
+    def timed(layers: list[Any], dense: bool, x: torch.Tensor, repeats: int) -> float:
+        if not dense:
+            return 2.0
+        return 1.8 if layers[0].in_features == 128 else 1.0  # 10% faster, 2x faster
+
+    monkeypatch.setattr("levant.models.quantize._best_ms", timed)
+    assert tune_dense_above(model, repeats=1, margin=1.3) == {
+        (256, 128): TUNE_ROWS[-1],
+        (128, 256): 0,
+    }
+    model, _ = tuning_model()  # fresh copies: without a margin, both dense copies win
+    assert tune_dense_above(model, repeats=1) == {(256, 128): 0, (128, 256): 0}
+
+
 def test_tuning_with_real_timings_sets_a_timed_row_count() -> None:
     model, _ = tuning_model()
     chosen = tune_dense_above(model, repeats=3)
