@@ -19,6 +19,7 @@ from levant.engine.compiled_decode import CompiledDecode
 from levant.engine.errors import ContextLengthExceeded
 from levant.engine.fused_step import UNLIMITED, FusedStep
 from levant.engine.kv_cache_manager import KVCacheManager
+from levant.engine.memory import release_freed_memory
 from levant.engine.model_runner import ModelRunner
 from levant.engine.protocol import EngineOutput, EngineRequest
 from levant.engine.request import Request
@@ -95,9 +96,10 @@ class LLMEngine:
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 
     def warm_up(self) -> None:
-        """Choose the quantized layers' kernels by row count, then compile what is compiled,
-        on the calling thread (the one that will step: kernel timings and Inductor's kernels
-        depend on that thread's torch thread count)."""
+        """Choose the quantized layers' kernels by row count, compile what is compiled and
+        hand the memory that loading freed back to the OS, on the calling thread (the one
+        that will step: kernel timings and Inductor's kernels depend on that thread's torch
+        thread count)."""
         fused = self.runner.fused
         chosen = tune_dense_above(self.model, margin=FUSED_MARGIN if fused is not None else 1.0)
         if chosen:
@@ -112,6 +114,7 @@ class LLMEngine:
                 self.runner.compiled = compiled = None
         if compiled is not None:
             compiled.warm_up(self.kv_cache)
+        release_freed_memory()  # the float32 weights and dropped dense copies
 
     @property
     def kv_cache_tokens(self) -> int:

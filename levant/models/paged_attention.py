@@ -25,6 +25,8 @@ any number of sequences and any context length.
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass, field
 
 import torch
@@ -56,13 +58,27 @@ class PagedKVCache:
     ) -> PagedKVCache:
         shape = (num_blocks * block_size, 2 * config.n_kv_heads, config.head_dim)
         return cls(
-            kv=[torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)],
+            kv=[_zeros(shape, dtype, torch.device(device)) for _ in range(config.n_layers)],
             block_size=block_size,
         )
 
     @property
     def num_blocks(self) -> int:
         return self.kv[0].shape[0] // self.block_size
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros; on the CPU in an anonymous memory map, whose pages the kernel hands out zeroed
+    on first write: a 1 GiB cache costs resident memory for the slots in use, not 1 GiB at
+    start (``torch.zeros`` writes every page)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    count = math.prod(shape)
+    if count == 0:
+        return torch.zeros(shape, dtype=dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    pages = mmap.mmap(-1, count * itemsize)  # the tensor keeps the map alive
+    return torch.frombuffer(pages, dtype=dtype, count=count).view(shape)
 
 
 @dataclass(frozen=True)
