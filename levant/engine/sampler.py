@@ -76,6 +76,8 @@ def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]
     rows: list[int] = []
     constraints: list[LogitsConstraint] = []
     suppress: list[frozenset[int]] = []
+    early_rows: list[int] = []  # (row, stop token) pairs held back by min_tokens
+    early_ids: list[int] = []
     for i, request in enumerate(requests):
         params = request.sampling
         if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
@@ -88,7 +90,10 @@ def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]
             constraints.append(request.constraint)
             suppress.append(params.stop_token_ids if early else frozenset())
         elif early and params.stop_token_ids:
-            logits[i, list(params.stop_token_ids)] = float("-inf")
+            early_rows += [i] * len(params.stop_token_ids)
+            early_ids += params.stop_token_ids
+    if early_rows:  # one indexed write for the batch, not one per row
+        logits[early_rows, early_ids] = float("-inf")
     apply_constraints(
         logits,
         rows,

@@ -2,8 +2,15 @@
 
 import torch
 
-from levant.engine.protocol import SamplingParams
-from levant.engine.sampler import apply_penalties, logits_to_probs, make_generator, sample
+from levant.engine.protocol import EngineRequest, SamplingParams
+from levant.engine.request import Request
+from levant.engine.sampler import (
+    apply_penalties,
+    logits_to_probs,
+    make_generator,
+    sample,
+    sample_batch,
+)
 
 
 def test_greedy_is_argmax() -> None:
@@ -48,3 +55,35 @@ def test_penalties_follow_openai_formula() -> None:
     params = SamplingParams(presence_penalty=0.5, frequency_penalty=0.25)
     out = apply_penalties(logits, counts, params)
     assert out.tolist() == [0.0, -0.75, -1.25, 0.0]
+
+
+def test_min_tokens_holds_back_only_the_rows_still_short_of_it() -> None:
+    """A batch where rows differ in stop tokens and progress: each row's stop tokens are
+    barred while it is under its min_tokens, and no other row's or token's logits move."""
+
+    def request(rid: str, stops: set[int], min_tokens: int, produced: int) -> Request:
+        params = SamplingParams(
+            temperature=0.0, max_tokens=50, stop_token_ids=frozenset(stops), min_tokens=min_tokens
+        )
+        r = Request(
+            EngineRequest(rid, [1, 2], params),
+            max_new_tokens=50,
+            at_model_limit=False,
+            extra_keys=b"",
+            arrival_time=0.0,
+            device=torch.device("cpu"),
+        )
+        r.output_token_ids = [7] * produced
+        return r
+
+    logits = torch.zeros(4, 10)
+    logits[:, 3] = 5.0  # the favourite of every row
+    logits[:, 4] = 4.0
+    logits[:, 5] = 3.0
+    requests = [
+        request("short", {3}, min_tokens=2, produced=0),  # 3 barred: 4 next
+        request("done", {3}, min_tokens=2, produced=2),  # may stop now: 3
+        request("two stops", {3, 4}, min_tokens=5, produced=1),  # 3 and 4 barred: 5
+        request("no min", {3}, min_tokens=0, produced=0),  # 3
+    ]
+    assert sample_batch(logits, requests) == [4, 3, 5, 3]
