@@ -34,10 +34,11 @@ __all__ = ["ContextLengthExceeded", "LLMEngine"]
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
 # How much faster a layer's dense copy must be than its quantized kernel before steps of
-# that many rows leave the fused step for the layer-by-layer forward: the fused step ran
-# a 256-token prefill chunk of SmolLM2-135M int4 in 26% less time than the layer-by-layer
-# forward over the same kernels (2-core EPYC with AVX-512 VNNI), and the tuning times the
-# matmuls alone. Where a copy wins by more (AMX's bf16 matmuls), it still takes over.
+# that many rows leave the fused step for the layer-by-layer forward: a cold 1,004-token
+# prefill of SmolLM2-135M int4 took 13-17% less time fused than layer by layer over the
+# same kernels (python -m bench.kernels, 2-core EPYC with AVX-512 VNNI), and the tuning
+# times the matmuls alone (not the dense path's casts). Where a copy wins by more (AMX's
+# bf16 matmuls), it still takes over.
 FUSED_MARGIN = 1.3
 
 log = logging.getLogger(__name__)
