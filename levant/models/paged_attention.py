@@ -234,10 +234,12 @@ class PagedAttention:
 
 
 def kernel_takes(q: torch.Tensor, kv_cache: torch.Tensor) -> bool:
-    """Whether levant::paged_decode_attention takes these dtypes (``kernels.load()`` says
-    whether it is built)."""
+    """Whether Levant's attention kernels take these tensors: CPU ones, float32 or bf16
+    (``kernels.load()`` says whether they are built; the prefill kernel also wants float32
+    queries)."""
     ok = (torch.float32, torch.bfloat16)
-    return q.dtype in ok and kv_cache.dtype in ok
+    on_cpu = q.device.type == "cpu" and kv_cache.device.type == "cpu"
+    return on_cpu and q.dtype in ok and kv_cache.dtype in ok
 
 
 def gather_blocks(kv_cache: torch.Tensor, blocks: torch.Tensor, bs: int, R: int) -> torch.Tensor:

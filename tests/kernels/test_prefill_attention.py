@@ -18,6 +18,7 @@ from levant.models.paged_attention import (
     SequenceChunk,
     attend_group,
     gather_blocks,
+    kernel_takes,
     plan_attention,
 )
 
@@ -121,3 +122,11 @@ def test_paged_attention_chunks_are_the_same_with_and_without_the_kernel(
     # back from the cache (bf16 there).
     tol = 1e-5 if cache_dtype == torch.float32 else 2e-2
     torch.testing.assert_close(with_kernel, plain, rtol=tol, atol=tol)
+
+
+def test_the_kernels_take_cpu_float32_or_bf16_tensors_only() -> None:
+    """Other devices (a GPU deployment) and dtypes take PyTorch's attention instead."""
+    q, cache = torch.zeros(2, 4, 8), torch.zeros(16, 4, 8, dtype=torch.bfloat16)
+    assert kernel_takes(q, cache) and kernel_takes(q.bfloat16(), cache.float())
+    assert not kernel_takes(q.to("meta"), cache) and not kernel_takes(q, cache.to("meta"))
+    assert not kernel_takes(q.half(), cache)
