@@ -120,7 +120,11 @@ def test_same_hidden_states_and_cache_writes_as_the_layers(
         groups = plan_attention(chunks, BS, window, torch.device("cpu"))
         want = model.hidden_states(tokens[None], positions, PagedAttention(cache, slots, groups))
     assert got.shape == want.shape == (1, tokens.shape[0], TINY.dim)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # A bf16 cache rounds each key and value: where the two paths' float32 values straddle
+    # a rounding boundary, one bf16 step (2^-8 relative) apart, and so do the activations'
+    # int8 groups downstream (seen on AVX2: 9.6e-4 at most, in 54 of 2,304 values).
+    tol = 1e-4 if cache_dtype == torch.float32 else 5e-3
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
     # Each layer's new keys and values landed in the same slots, and nothing else moved.
     for fused_kv, layer_kv, b in zip(after_fused, cache.kv, before, strict=True):
         torch.testing.assert_close(fused_kv.float(), layer_kv.float(), rtol=1e-2, atol=1e-2)
