@@ -96,7 +96,6 @@ class FusedStep:
         if tokens.dim() != 1 or not self.covers(T):
             raise ValueError(f"the fused step runs 1 to {self.max_rows} tokens")
         bs = cache.block_size
-        chunks = [c for c in chunks if c.num_new > 0]
         n = max(-(-(c.num_cached + c.num_new) // bs) for c in chunks)
         seqs = torch.tensor([[c.start, c.num_new, c.num_cached] for c in chunks])
         # Padding past a table's end is -1: the op refuses a position there.

@@ -46,7 +46,6 @@ class ModelRunner:
         bs = self.cache.block_size
         tokens: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
         chunks: list[SequenceChunk] = []
         sample_rows: list[int] = []
         for s in scheduled:
@@ -54,7 +53,6 @@ class ModelRunner:
             chunks.append(SequenceChunk(len(tokens), s.num_new_tokens, s.start, s.block_ids))
             tokens += s.request.all_token_ids[s.start : end]
             positions += range(s.start, end)
-            slots += (s.block_ids[p // bs] * bs + p % bs for p in range(s.start, end))
             if s.samples:
                 sample_rows.append(len(tokens) - 1)
         if not sample_rows and not tokens:
@@ -63,17 +61,26 @@ class ModelRunner:
         def tensor(xs: list[int]) -> torch.Tensor:
             return torch.tensor(xs, dtype=torch.long, device=self.device)
 
+        def slots() -> torch.Tensor:  # each token's cache slot (the fused step finds its own)
+            return tensor(
+                [
+                    c.block_table[p // bs] * bs + p % bs
+                    for c in chunks
+                    for p in range(c.num_cached, c.num_cached + c.num_new)
+                ]
+            )
+
         window = self.model.config.sliding_window
         compiled = self._compiled_step(len(tokens)) if len(tokens) == len(chunks) else None
         if self.fused is not None and self.fused.covers(len(tokens)):
             h = self.fused(tensor(tokens), tensor(positions), chunks, self.cache)  # (1, T, dim)
         elif compiled is not None:  # every sequence decodes one token
             [group] = plan_attention(chunks, bs, window, self.device)
-            decode = DecodeAttention.of(self.cache, tensor(slots), group)
+            decode = DecodeAttention.of(self.cache, slots(), group)
             h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
         else:
             groups = plan_attention(chunks, bs, window, self.device)
-            attend = PagedAttention(self.cache, tensor(slots), groups)
+            attend = PagedAttention(self.cache, slots(), groups)
             h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
         if not sample_rows:
             return {}

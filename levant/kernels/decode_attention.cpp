@@ -291,9 +291,14 @@ void check_block_tables(const at::Tensor& block_tables, const at::Tensor& bounds
   for (int64_t r = 0; r < R; ++r) {
     TORCH_CHECK(0 <= b[2 * r] && b[2 * r] < b[2 * r + 1] && b[2 * r + 1] <= N * block_size,
                 "bounds out of the block table");
-    for (int64_t i = b[2 * r] / block_size; i <= (b[2 * r + 1] - 1) / block_size; ++i)
-      TORCH_CHECK(0 <= t[r * N + i] && t[r * N + i] < num_blocks, "block id out of the cache");
+    check_blocks(t + r * N, b[2 * r], b[2 * r + 1], num_blocks, block_size);
   }
+}
+
+void check_blocks(const int64_t* table, int64_t lo, int64_t end, int64_t num_blocks,
+                  int64_t block_size) {
+  for (int64_t i = lo / block_size; i <= (end - 1) / block_size; ++i)
+    TORCH_CHECK(0 <= table[i] && table[i] < num_blocks, "block id out of the cache");
 }
 
 void decode_attention_f32(const float* q, const at::Tensor& kv_cache, const int64_t* tables,

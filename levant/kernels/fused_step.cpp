@@ -162,8 +162,7 @@ Sequences plan(const at::Tensor& seqs, const at::Tensor& block_tables, int64_t T
     TORCH_CHECK(cached >= 0 && cached + n <= N * block_size, "seqs: positions past the block table");
     const int64_t lo = window > 0 ? std::max<int64_t>(0, cached - window + 1) : 0, end = cached + n;
     const int64_t* t = tab + b * N;
-    for (int64_t i = lo / block_size; i <= (end - 1) / block_size; ++i)
-      TORCH_CHECK(0 <= t[i] && t[i] < num_blocks, "block id out of the cache");
+    levant_kernels::check_blocks(t, lo, end, num_blocks, block_size);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t p = cached + i;
       out.slot[row + i] = t[p / block_size] * block_size + p % block_size;

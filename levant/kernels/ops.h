@@ -29,6 +29,11 @@ int64_t check_q8_weight(const at::Tensor& packed, const at::Tensor& scales, int6
 void check_block_tables(const at::Tensor& tables, const at::Tensor& bounds, int64_t R,
                         int64_t num_blocks, int64_t block_size);
 
+// TORCH_CHECKs that the blocks of table (one sequence's) holding positions lo .. end - 1
+// are blocks of a cache of num_blocks (the table reaches position end - 1: checked).
+void check_blocks(const int64_t* table, int64_t lo, int64_t end, int64_t num_blocks,
+                  int64_t block_size);
+
 // levant::paged_decode_attention for float32 queries q (R, H, D) contiguous into out
 // (R, H, D), over one layer's cache (float32 or bf16, (S, 2 * KVH, D)); tables and bounds
 // already checked.

@@ -224,8 +224,7 @@ at::Tensor paged_prefill_attention(const at::Tensor& q, const at::Tensor& kv_cac
   const int64_t end = cached + T, num_blocks = kv_cache.size(0) / block_size;
   const int64_t* table = block_table.data_ptr<int64_t>();
   TORCH_CHECK(end <= block_table.size(0) * block_size, "the block table ends before the chunk");
-  for (int64_t i = lo / block_size; i <= (end - 1) / block_size; ++i)
-    TORCH_CHECK(0 <= table[i] && table[i] < num_blocks, "block id out of the cache");
+  levant_kernels::check_blocks(table, lo, end, num_blocks, block_size);
   at::Tensor out = at::empty_like(q);
   levant_kernels::prefill_attention_f32(q.data_ptr<float>(), kv_cache, table,
                                         out.data_ptr<float>(), T, H, cached, window, block_size,
