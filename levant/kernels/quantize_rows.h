@@ -31,7 +31,7 @@ namespace levant_kernels {
 constexpr int64_t GROUP = 32;
 
 struct QuantizedRows {
-  std::vector<int8_t> q;      // (M, K)
+  std::vector<int8_t> q;      // (M, K), then zero rows up to quantize_rows's row_multiple
   std::vector<float> d;       // (M, K / GROUP)
   std::vector<float> dsum;    // d * sum(q), per group
   std::vector<int32_t> sum;   // sum(q), per group
@@ -82,10 +82,12 @@ inline float quantize_group(const float* xs, int8_t* q, int32_t& sum) {
 #endif
 }
 
-// x (M, K) float32, K a multiple of GROUP.
-inline QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K) {
+// x (M, K) float32, K a multiple of GROUP. q holds M rounded up to a multiple of
+// row_multiple rows, the extra ones zeros (whole 16-row tiles for the AMX paths).
+inline QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t row_multiple = 1) {
   const int64_t G = K / GROUP;
-  QuantizedRows out{std::vector<int8_t>(M * K), std::vector<float>(M * G),
+  const int64_t padded = (M + row_multiple - 1) / row_multiple * row_multiple;
+  QuantizedRows out{std::vector<int8_t>(padded * K), std::vector<float>(M * G),
                     std::vector<float>(M * G), std::vector<int32_t>(M * G)};
   // A grain of 512 groups (16K inputs, microseconds of work): a few-row step quantizes on
   // the calling thread, without the fork and join of a parallel region.
