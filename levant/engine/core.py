@@ -17,7 +17,7 @@ import torch
 from levant.engine.block_hash import extra_keys
 from levant.engine.compiled_decode import CompiledDecode
 from levant.engine.errors import ContextLengthExceeded
-from levant.engine.fused_step import UNLIMITED, FusedStep
+from levant.engine.fused_step import FusedStep
 from levant.engine.kv_cache_manager import KVCacheManager
 from levant.engine.memory import release_freed_memory
 from levant.engine.model_runner import ModelRunner
@@ -33,13 +33,6 @@ from levant.models.transformer import Transformer
 __all__ = ["ContextLengthExceeded", "LLMEngine"]
 
 DEFAULT_KV_CACHE_BYTES = 1 << 30
-# How much faster a layer's dense copy must be than its quantized kernel before steps of
-# that many rows leave the fused step for the layer-by-layer forward: a cold 1,004-token
-# prefill of SmolLM2-135M int4 took 13-17% less time fused than layer by layer over the
-# same kernels (python -m bench.kernels, 2-core EPYC with AVX-512 VNNI), and the tuning
-# times the matmuls alone (not the dense path's casts). Where a copy wins by more (AMX's
-# bf16 matmuls), it still takes over.
-FUSED_MARGIN = 1.3
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +95,15 @@ class LLMEngine:
         that will step: kernel timings and Inductor's kernels depend on that thread's torch
         thread count)."""
         fused = self.runner.fused
-        chosen = tune_dense_above(self.model, margin=FUSED_MARGIN if fused is not None else 1.0)
+        chosen = tune_dense_above(self.model)
         if chosen:
             log.info("quantized kernels up to %s rows (by matrix shape), dense bf16 beyond", chosen)
         compiled = self.runner.compiled
         if fused is not None:
             fused.refresh()
-            limit = "any number of" if fused.max_rows == UNLIMITED else f"up to {fused.max_rows}"
-            log.info("steps of %s tokens run fused (levant::fused_step)", limit)
-            if compiled is not None and fused.max_rows >= compiled.max_rows:
-                log.info("not compiling the decode step: the fused step covers every batch size")
+            log.info("every step runs fused (levant::fused_step)")
+            if compiled is not None:
+                log.info("not compiling the decode step: the fused step runs every step")
                 self.runner.compiled = compiled = None
         if compiled is not None:
             compiled.warm_up(self.kv_cache)

@@ -6,9 +6,10 @@ and blocks are in, final-normed hidden states (1, T, dim) out: what
 sequences decoding one token and prefill chunks. It applies to a model whose every block
 linear runs one of Levant's quantized kernels (``Int4Linear`` with its q4 packing,
 ``Int8Linear`` with its q8 packing: int4 or int8 weights on a CPU with AVX2 or AVX-512
-VNNI) over float32 activations; ``of`` returns None for any other. The runner uses it for
-steps of up to ``max_rows`` tokens: past the row count where a layer's tuned switch
-(``dense_above``) prefers its dense bf16 copy, the layer-by-layer forward runs instead.
+VNNI) over float32 activations; ``of`` returns None for any other. It runs steps of any
+size: past the row count where a layer's tuned switch (``dense_above``) prefers the
+layer's dense bf16 copy, the op multiplies by that copy (oneDNN's matmul, called from C++)
+as the layer's own forward does.
 
 Why: a step of a small model run op by op on a CPU spends as much time between its
 kernels as in them (a Python call, a dispatch and an allocation for each norm, rotary,
@@ -24,10 +25,10 @@ from torch import nn
 
 from levant import kernels
 from levant.models.paged_attention import PagedKVCache, SequenceChunk
-from levant.models.quantize import Int4Linear, Int8Linear, quantized_layers
+from levant.models.quantize import Int4Linear, Int8Linear
 from levant.models.transformer import Transformer, TransformerBlock, rotary_table
 
-UNLIMITED = 1 << 62  # no layer keeps a dense copy: every step size runs fused
+UNLIMITED = 1 << 62  # a switch that never turns: the quantized kernel at every row count
 
 
 def _packed(layer: nn.Module | None) -> list[torch.Tensor] | None:
@@ -41,6 +42,17 @@ def _packed(layer: nn.Module | None) -> list[torch.Tensor] | None:
     return None
 
 
+def block_linears(model: Transformer) -> list[nn.Module | None]:
+    """wqkv, wo, w13 and w2 of each block, in the op's order (None where a block has no
+    fused projection)."""
+    out: list[nn.Module | None] = []
+    for block in model.layers:
+        assert isinstance(block, TransformerBlock)
+        attention, ffn = block.attention, block.feed_forward
+        out += [attention.wqkv, attention.wo, ffn.w13, ffn.w2]
+    return out
+
+
 class FusedStep:
     def __init__(self, model: Transformer, weights: list[torch.Tensor]) -> None:
         self.model = model
@@ -48,7 +60,9 @@ class FusedStep:
         self.eps = model.config.norm_eps
         self.n_heads = model.config.n_heads
         self.window = model.config.sliding_window or 0
-        self.max_rows = self._max_rows()
+        self.dense: list[torch.Tensor] = []
+        self.dense_above: list[int] = []
+        self.refresh()
 
     @classmethod
     def of(cls, model: Transformer) -> FusedStep | None:
@@ -56,10 +70,10 @@ class FusedStep:
         if not kernels.q4_ready() or model.tok_embeddings.weight.dtype != torch.float32:
             return None
         weights: list[torch.Tensor] = []
-        for block in model.layers:
+        blocks = block_linears(model)
+        for i, block in enumerate(model.layers):
             assert isinstance(block, TransformerBlock)
-            attention, ffn = block.attention, block.feed_forward
-            linears = [_packed(m) for m in (attention.wqkv, attention.wo, ffn.w13, ffn.w2)]
+            linears = [_packed(m) for m in blocks[4 * i : 4 * i + 4]]
             norms = [block.attention_norm.weight, block.ffn_norm.weight]
             if any(p is None for p in linears) or any(n.dtype != torch.float32 for n in norms):
                 return None
@@ -70,17 +84,15 @@ class FusedStep:
         weights.append(model.norm.weight)
         return cls(model, weights)
 
-    def _max_rows(self) -> int:
-        """Rows up to which every layer runs its quantized kernel (``dense_above``)."""
-        limits = [m.dense_above for m in quantized_layers(self.model.layers) if m.dense is not None]
-        return min(limits, default=UNLIMITED)
-
     def refresh(self) -> None:
-        """Re-read the layers' kernel switches (after ``tune_dense_above``)."""
-        self.max_rows = self._max_rows()
-
-    def covers(self, rows: int) -> bool:
-        return 0 < rows <= self.max_rows
+        """Re-read the layers' dense copies and switches (after ``tune_dense_above``, which
+        sets the switches and drops the copies that never win)."""
+        none = torch.empty(0, dtype=torch.bfloat16)
+        self.dense, self.dense_above = [], []
+        for m in block_linears(self.model):
+            assert isinstance(m, Int4Linear | Int8Linear)
+            self.dense.append(m.dense.weight if m.dense is not None else none)
+            self.dense_above.append(m.dense_above if m.dense is not None else UNLIMITED)
 
     def __call__(
         self,
@@ -92,9 +104,8 @@ class FusedStep:
         """tokens and positions (T,), the step's sequences in row order -> final-normed
         hidden states (1, T, dim). Called under the runner's inference mode (the op writes
         the cache in place)."""
-        T = tokens.shape[0]
-        if tokens.dim() != 1 or not self.covers(T):
-            raise ValueError(f"the fused step runs 1 to {self.max_rows} tokens")
+        if tokens.dim() != 1 or tokens.shape[0] == 0:
+            raise ValueError("the fused step runs a (T,) tensor of at least one token")
         bs = cache.block_size
         n = max(-(-(c.num_cached + c.num_new) // bs) for c in chunks)
         seqs = torch.tensor([[c.start, c.num_new, c.num_cached] for c in chunks])
@@ -103,6 +114,17 @@ class FusedStep:
         rope = rotary_table(positions, self.model.inv_freq)  # (T, head_dim // 2, 2)
         h = self.model.tok_embeddings(tokens)  # (T, dim) float32
         out: torch.Tensor = torch.ops.levant.fused_step(
-            h, rope, self.weights, cache.kv, seqs, tables, self.window, bs, self.n_heads, self.eps
+            h,
+            rope,
+            self.weights,
+            self.dense,
+            self.dense_above,
+            cache.kv,
+            seqs,
+            tables,
+            self.window,
+            bs,
+            self.n_heads,
+            self.eps,
         )
         return out[None]

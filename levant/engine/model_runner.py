@@ -2,9 +2,9 @@
 
 Flattens the step's requests into one sequence (B = 1) with per-token positions and cache
 slots, runs the model over the paged cache, and samples the rows that end a sequence.
-A step runs the ``FusedStep`` (all layers in one C++ call) when there is one and it covers
-that many tokens; else a step where every sequence decodes one token runs the
-``CompiledDecode`` when there is one; else the model's layers run one by one.
+Every step runs the ``FusedStep`` (all layers in one C++ call) when there is one; else a
+step where every sequence decodes one token runs the ``CompiledDecode`` when there is one;
+else the model's layers run one by one.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class ModelRunner:
 
         window = self.model.config.sliding_window
         compiled = self._compiled_step(len(tokens)) if len(tokens) == len(chunks) else None
-        if self.fused is not None and self.fused.covers(len(tokens)):
+        if self.fused is not None:
             h = self.fused(tensor(tokens), tensor(positions), chunks, self.cache)  # (1, T, dim)
         elif compiled is not None:  # every sequence decodes one token
             [group] = plan_attention(chunks, bs, window, self.device)

@@ -12,6 +12,13 @@
 // weights      per layer: attention_norm (D), wqkv packed and scales, wo packed and scales,
 //              ffn_norm (D), w13 packed and scales, w2 packed and scales; then the final
 //              norm (D). A linear is q4 (4-d packed, bf16 scales) or q8 (3-d, float32).
+// dense        per layer, for wqkv, wo, w13 and w2: the linear's dense bf16 copy (N, K) --
+//              a oneDNN-packed weight for mkldnn::_linear_pointwise, or a plain matrix --
+//              or an empty tensor where it has none
+// dense_above  per layer, for the same four: the row counts past which a step multiplies
+//              by the dense copy (activations rounded to bf16) instead of the quantized
+//              kernel, as the layer's forward does (tune_dense_above chooses them: with
+//              AMX, oneDNN's bf16 tiles beat the int8 kernels from a few dozen rows)
 // kv_cache     per layer (S, 2 * KVH, hd), float32 or bfloat16: each token's key and value
 //              are written at its position's slot, then attention reads the cache in place
 // seqs         (B, 3) int64: per sequence, its first row, its new tokens n (rows first ..
@@ -30,7 +37,11 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/linear.h>
 #include <c10/util/BFloat16.h>
 #include <torch/library.h>
 
@@ -38,6 +49,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "ops.h"
@@ -49,30 +63,6 @@ using levant_kernels::check_q4_weight;
 using levant_kernels::check_q8_weight;
 
 constexpr int64_t PER_LAYER = 10;  // tensors in `weights` per layer
-
-struct Linear {
-  const uint8_t* packed;
-  const void* scales;
-  bool q4;
-  int64_t K, N;
-
-  void operator()(const float* x, int64_t M, float* y) const {
-    if (q4)
-      levant_kernels::q4_matmul_into(x, M, K, packed, static_cast<const uint16_t*>(scales), N, y);
-    else
-      levant_kernels::q8_matmul_into(x, M, K, packed, static_cast<const float*>(scales), N, y);
-  }
-};
-
-Linear linear(const at::Tensor& packed, const at::Tensor& scales, int64_t K, int64_t N,
-              const char* name) {
-  const bool q4 = packed.dim() == 4;
-  const int64_t n = q4 ? check_q4_weight(packed, scales, K) : check_q8_weight(packed, scales, K);
-  TORCH_CHECK(N < 0 || n == N, name, ": ", n, " outputs, expected ", N);
-  const void* s = q4 ? static_cast<const void*>(scales.data_ptr<at::BFloat16>())
-                     : static_cast<const void*>(scales.data_ptr<float>());
-  return {packed.data_ptr<uint8_t>(), s, q4, K, n};
-}
 
 const float* norm_weight(const at::Tensor& w, int64_t D) {
   TORCH_CHECK(w.dim() == 1 && w.size(0) == D && w.scalar_type() == at::kFloat && w.is_contiguous(),
@@ -130,6 +120,87 @@ void store(T* dst, const float* src, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
 }
 
+// y (M, N) float32 = bf16(x) (M, K) @ w^T for a dense bf16 copy w: oneDNN's matmul on its
+// packed weight (what PackedBF16 calls from Python), or at::linear on a plain matrix. The
+// casts are this file's row loops (ATen's copies took an eighth of a 512-token prefill).
+void dense_matmul(const float* x, int64_t M, int64_t K, const at::Tensor& w, int64_t N, float* y) {
+  at::Tensor xb = at::empty({M, K}, at::TensorOptions().dtype(at::kBFloat16));
+  c10::BFloat16* xbp = xb.data_ptr<c10::BFloat16>();
+  for_rows(M, K, [&](int64_t r) {
+    const float* xr = x + r * K;
+    c10::BFloat16* o = xbp + r * K;
+    int64_t i = 0;
+#if defined(__AVX512BF16__) && defined(__AVX512VL__)
+    for (; i + 16 <= K; i += 16)  // round to nearest even, as the scalar conversion
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + i),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(xr + i)));
+#endif
+    store(o + i, xr + i, K - i);
+  });
+  at::Tensor out;
+  if (w.is_mkldnn()) {
+    static const c10::OperatorHandle op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("mkldnn::_linear_pointwise", "");
+    torch::jit::Stack stack{xb, w, c10::IValue(), std::string("none"),
+                            c10::List<std::optional<at::Scalar>>(), c10::IValue()};
+    op.callBoxed(&stack);
+    out = stack[0].toTensor();
+  } else {
+    out = at::linear(xb, w);
+  }
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && out.numel() == M * N,
+              "the dense matmul gave an unexpected result");
+  const uint16_t* ob = reinterpret_cast<const uint16_t*>(out.data_ptr<c10::BFloat16>());
+  for_rows(M, N, [&](int64_t r) {
+    float* yr = y + r * N;
+    const uint16_t* o = ob + r * N;
+#pragma omp simd
+    for (int64_t i = 0; i < N; ++i) {
+      const uint32_t bits = static_cast<uint32_t>(o[i]) << 16;
+      std::memcpy(yr + i, &bits, sizeof bits);
+    }
+  });
+}
+
+struct Linear {
+  const uint8_t* packed;
+  const void* scales;
+  bool q4;
+  int64_t K, N;
+  at::Tensor dense;                                         // undefined: none
+  int64_t dense_above = std::numeric_limits<int64_t>::max();
+
+  void operator()(const float* x, int64_t M, float* y) const {
+    if (dense.defined() && M > dense_above)
+      dense_matmul(x, M, K, dense, N, y);
+    else if (q4)
+      levant_kernels::q4_matmul_into(x, M, K, packed, static_cast<const uint16_t*>(scales), N, y);
+    else
+      levant_kernels::q8_matmul_into(x, M, K, packed, static_cast<const float*>(scales), N, y);
+  }
+};
+
+Linear linear(const at::Tensor& packed, const at::Tensor& scales, const at::Tensor& dense,
+              int64_t dense_above, int64_t K, int64_t N, const char* name) {
+  const bool q4 = packed.dim() == 4;
+  const int64_t n = q4 ? check_q4_weight(packed, scales, K) : check_q8_weight(packed, scales, K);
+  TORCH_CHECK(N < 0 || n == N, name, ": ", n, " outputs, expected ", N);
+  const void* s = q4 ? static_cast<const void*>(scales.data_ptr<at::BFloat16>())
+                     : static_cast<const void*>(scales.data_ptr<float>());
+  Linear out{packed.data_ptr<uint8_t>(), s, q4, K, n};
+  if (dense.numel() > 0) {
+    TORCH_CHECK(dense.dim() == 2 && dense.size(0) == n && dense.size(1) == K, name,
+                ": the dense copy is not (", n, ", ", K, ")");
+    TORCH_CHECK(dense.is_mkldnn() || (dense.scalar_type() == at::kBFloat16 && dense.is_contiguous()),
+                name, ": the dense copy is a oneDNN-packed or contiguous bf16 matrix");
+    TORCH_CHECK(dense_above >= 0, name, ": dense_above >= 0");
+    out.dense = dense;
+    out.dense_above = dense_above;
+  }
+  return out;
+}
+
+
 // A step's sequences, checked: where each one's rows, positions and blocks are.
 struct Sequences {
   std::vector<int64_t> slot;        // (T,) each token's cache slot
@@ -182,12 +253,16 @@ Sequences plan(const at::Tensor& seqs, const at::Tensor& block_tables, int64_t T
 }
 
 at::Tensor fused_step(const at::Tensor& h_in, const at::Tensor& rope, at::TensorList weights,
+                      at::TensorList dense, at::IntArrayRef dense_above,
                       at::TensorList kv_cache, const at::Tensor& seqs,
                       const at::Tensor& block_tables, int64_t window, int64_t block_size,
                       int64_t n_heads, double eps_d) {
   const int64_t L = static_cast<int64_t>(kv_cache.size());
   TORCH_CHECK(L > 0 && static_cast<int64_t>(weights.size()) == PER_LAYER * L + 1,
               "weights: ", PER_LAYER, " per layer and the final norm");
+  TORCH_CHECK(static_cast<int64_t>(dense.size()) == 4 * L &&
+                  static_cast<int64_t>(dense_above.size()) == 4 * L,
+              "dense and dense_above: 4 per layer");
   TORCH_CHECK(h_in.dim() == 2 && h_in.scalar_type() == at::kFloat && h_in.is_contiguous(),
               "h: contiguous (T, D) float32");
   const int64_t R = h_in.size(0), D = h_in.size(1);
@@ -223,12 +298,14 @@ at::Tensor fused_step(const at::Tensor& h_in, const at::Tensor& rope, at::Tensor
   int64_t F = -1;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = weights.data() + PER_LAYER * l;
-    Layer layer{norm_weight(w[0], D), linear(w[1], w[2], D, QKV, "wqkv"),
-                linear(w[3], w[4], H * hd, D, "wo"), norm_weight(w[5], D),
-                linear(w[6], w[7], D, -1, "w13"), Linear{}};
+    const at::Tensor* dw = dense.data() + 4 * l;
+    const int64_t* da = dense_above.data() + 4 * l;
+    Layer layer{norm_weight(w[0], D), linear(w[1], w[2], dw[0], da[0], D, QKV, "wqkv"),
+                linear(w[3], w[4], dw[1], da[1], H * hd, D, "wo"), norm_weight(w[5], D),
+                linear(w[6], w[7], dw[2], da[2], D, -1, "w13"), Linear{}};
     TORCH_CHECK(layer.w13.N % 2 == 0 && (F < 0 || layer.w13.N / 2 == F), "w13: 2 * hidden outputs");
     F = layer.w13.N / 2;
-    layer.w2 = linear(w[8], w[9], F, D, "w2");
+    layer.w2 = linear(w[8], w[9], dw[3], da[3], F, D, "w2");
     layers.push_back(layer);
   }
   const float* final_norm = norm_weight(weights[PER_LAYER * L], D);
@@ -306,8 +383,11 @@ at::Tensor fused_step(const at::Tensor& h_in, const at::Tensor& rope, at::Tensor
 
 TORCH_LIBRARY_FRAGMENT(levant, m) {
   m.def(
-      "fused_step(Tensor h, Tensor rope, Tensor[] weights, Tensor(a!)[] kv_cache, Tensor seqs, "
-      "Tensor block_tables, int window, int block_size, int n_heads, float eps) -> Tensor");
+      "fused_step(Tensor h, Tensor rope, Tensor[] weights, Tensor[] dense, int[] dense_above, "
+      "Tensor(a!)[] kv_cache, Tensor seqs, Tensor block_tables, int window, int block_size, "
+      "int n_heads, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(levant, CPU, m) { m.impl("fused_step", &fused_step); }
+// oneDNN-packed dense copies among the arguments send the call to this key.
+TORCH_LIBRARY_IMPL(levant, MkldnnCPU, m) { m.impl("fused_step", &fused_step); }

@@ -1,7 +1,8 @@
 """The fused step (``levant::fused_step``): the same hidden states, cache writes and greedy
 tokens as the layer-by-layer forward on the same quantized weights, for decode steps,
-prefill chunks and steps that mix them; the path the engine actually takes; and its limits
-(a float model, a layer that prefers its dense copy at that many rows, bad inputs).
+prefill chunks and steps that mix them; past a layer's switch, its dense bf16 copy inside
+the op, as the layer's forward multiplies by it; the path the engine actually takes; and
+its limits (a float model, bad inputs).
 
 The reference is the model's own ``hidden_states`` over the same paged cache with the same
 matmul kernels per layer and PyTorch's attention (SDPA over gathered blocks with a mask:
@@ -20,17 +21,18 @@ import torch
 
 from levant import kernels
 from levant.engine.core import LLMEngine
-from levant.engine.fused_step import UNLIMITED, FusedStep
+from levant.engine.fused_step import UNLIMITED, FusedStep, block_linears
 from levant.engine.protocol import EngineRequest, SamplingParams
 from levant.models import paged_attention
 from levant.models.config import ModelConfig
+from levant.models.dense_linear import PackedBF16
 from levant.models.paged_attention import (
     PagedAttention,
     PagedKVCache,
     SequenceChunk,
     plan_attention,
 )
-from levant.models.quantize import quantize_int4, quantize_int8, quantized_layers
+from levant.models.quantize import Int4Linear, quantize_int4, quantize_int8
 from levant.models.transformer import Transformer
 from tests.engine.conftest import TINY, random_model, random_prompts
 from tests.engine.test_engine import run, tokens_of
@@ -107,7 +109,7 @@ def test_same_hidden_states_and_cache_writes_as_the_layers(
     against SDPA in tests/kernels)."""
     model = quantized(kind, window)
     fused = FusedStep.of(model)
-    assert fused is not None and fused.max_rows == UNLIMITED
+    assert fused is not None and set(fused.dense_above) == {UNLIMITED}
     tokens, positions, chunks, slots, cache = step_inputs(model, STEPS[step], cache_dtype)
     before = [kv.clone() for kv in cache.kv]
     with torch.inference_mode():
@@ -159,20 +161,47 @@ def test_a_float_model_has_no_fused_step() -> None:
     assert LLMEngine(random_model(), TINY).runner.fused is None
 
 
-def test_rows_past_a_layers_switch_to_its_dense_copy_are_not_fused() -> None:
+def test_rows_past_a_layers_switch_run_its_dense_copy_inside_the_op(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Layers whose switch (``dense_above``) is below the step's rows multiply by their dense
+    bf16 copy inside the op, oneDNN-packed or a plain matrix (where oneDNN has no bf16
+    matmul), the others by the quantized kernel: the same hidden states as the layers'
+    own forward, which switches the same way. And the switch is really taken: with every
+    layer on its quantized kernel the result moves (bf16 activations against int8 groups)."""
     model = quantize_int4(random_model())  # with dense copies
-    for layer in quantized_layers(model):
-        layer.dense_above = 2
+    linears = [m for m in block_linears(model) if isinstance(m, Int4Linear)]
+    assert len(linears) == 4 * TINY.n_layers and all(m.dense is not None for m in linears)
+    for i, m in enumerate(linears):
+        m.dense_above = [2, 100, 0][i % 3]  # past 2 rows, never here, always
+        if i % 2 and m.dense is not None:  # a plain bf16 matrix, at::linear in the op
+            plain = PackedBF16.__new__(PackedBF16)
+            plain.out_features, plain.in_features = m.out_features, m.in_features
+            plain.packed, plain.weight = False, m.dense.weight
+            if m.dense.packed:
+                plain.weight = m.dequantized().to(torch.bfloat16).contiguous()
+            m.dense = plain
     fused = FusedStep.of(model)
     assert fused is not None
-    assert fused.max_rows == 2 and fused.covers(2) and not fused.covers(3)
-    tokens, positions, chunks, _, cache = step_inputs(model, [(1, 1), (2, 1), (3, 1)])
-    with pytest.raises(ValueError, match="1 to 2 tokens"):
-        fused(tokens, positions, chunks, cache)
-    for layer in quantized_layers(model):
-        layer.dense = None  # what tuning does when the dense copy never wins
-    fused.refresh()
-    assert fused.max_rows == UNLIMITED
+    tokens, positions, chunks, slots, cache = step_inputs(
+        model, STEPS["mixed"], dtype=torch.float32
+    )
+    before = [kv.clone() for kv in cache.kv]
+    monkeypatch.setattr(paged_attention, "kernel_takes", lambda q, kv: False)
+    with torch.inference_mode():
+        got = fused(tokens, positions, chunks, cache)
+        for kv, b in zip(cache.kv, before, strict=True):
+            kv.copy_(b)
+        groups = plan_attention(chunks, BS, None, torch.device("cpu"))
+        want = model.hidden_states(tokens[None], positions, PagedAttention(cache, slots, groups))
+        for kv, b in zip(cache.kv, before, strict=True):
+            kv.copy_(b)
+        for m in linears:
+            m.dense_above = UNLIMITED
+        fused.refresh()
+        quantized_only = fused(tokens, positions, chunks, cache)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert (got - quantized_only).abs().max() > 1e-3
 
 
 def test_bad_inputs_are_refused_before_anything_is_written() -> None:
