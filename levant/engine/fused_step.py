@@ -100,10 +100,12 @@ class FusedStep:
         positions: torch.Tensor,
         chunks: list[SequenceChunk],
         cache: PagedKVCache,
+        invariant: bool = False,
     ) -> torch.Tensor:
         """tokens and positions (T,), the step's sequences in row order -> final-normed
         hidden states (1, T, dim). Called under the runner's inference mode (the op writes
-        the cache in place)."""
+        the cache in place). ``invariant``: the quantized kernels at every row count, so
+        each row's arithmetic does not depend on the rest of the step (no dense copies)."""
         if tokens.dim() != 1 or tokens.shape[0] == 0:
             raise ValueError("the fused step runs a (T,) tensor of at least one token")
         bs = cache.block_size
@@ -118,7 +120,7 @@ class FusedStep:
             rope,
             self.weights,
             self.dense,
-            self.dense_above,
+            [UNLIMITED] * len(self.dense_above) if invariant else self.dense_above,
             cache.kv,
             seqs,
             tables,

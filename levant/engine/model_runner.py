@@ -4,10 +4,15 @@ Flattens the step's requests into one sequence (B = 1) with per-token positions 
 slots, runs the model over the paged cache, and samples the rows that end a sequence.
 Every step runs the ``FusedStep`` (all layers in one C++ call) when there is one; else a
 step where every sequence decodes one token runs the ``CompiledDecode`` when there is one;
-else the model's layers run one by one.
+else the model's layers run one by one. A step with a seeded request in it keeps every
+layer on its quantized kernel, which computes each row alone, and a seeded request
+computes its whole prompt (no prefix-cache blocks, ``Request``): its tokens are the ones
+it gets alone, whatever runs beside it, as long as its prompt is cut into the same chunks.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 
@@ -22,6 +27,7 @@ from levant.models.paged_attention import (
     SequenceChunk,
     plan_attention,
 )
+from levant.models.quantize import quantized_kernels_only
 from levant.models.transformer import Transformer
 
 
@@ -71,20 +77,26 @@ class ModelRunner:
             )
 
         window = self.model.config.sliding_window
+        # A seeded request's tokens must not depend on what else runs beside it: its steps
+        # keep every layer on its quantized kernel (each row computed alone), never the
+        # dense copies (whose arithmetic changes with the step's rows).
+        invariant = any(s.request.sampling.seed is not None for s in scheduled)
         compiled = self._compiled_step(len(tokens)) if len(tokens) == len(chunks) else None
         if self.fused is not None:
-            h = self.fused(tensor(tokens), tensor(positions), chunks, self.cache)  # (1, T, dim)
-        elif compiled is not None:  # every sequence decodes one token
+            h = self.fused(tensor(tokens), tensor(positions), chunks, self.cache, invariant)
+        elif compiled is not None and not invariant:  # every sequence decodes one token
             [group] = plan_attention(chunks, bs, window, self.device)
             decode = DecodeAttention.of(self.cache, slots(), group)
             h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
         else:
             groups = plan_attention(chunks, bs, window, self.device)
             attend = PagedAttention(self.cache, slots(), groups)
-            h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
+            with quantized_kernels_only(self.model) if invariant else nullcontext():
+                h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
         if not sample_rows:
             return {}
-        logits = self.model.logits(h[0, sample_rows])  # (R, vocab) float32
+        with quantized_kernels_only(self.model) if invariant else nullcontext():
+            logits = self.model.logits(h[0, sample_rows])  # (R, vocab) float32
         samplers = [s.request for s in scheduled if s.samples]
         ids = sample_batch(logits, samplers)
         return {r.request_id: t for r, t in zip(samplers, ids, strict=True)}

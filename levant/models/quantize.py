@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import abc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -306,3 +308,20 @@ def _best_ms(layers: list[_WeightOnlyLinear], dense: bool, x: torch.Tensor, repe
             one_pass()
             times.append(time.perf_counter() - t0)
     return min(times) * 1e3
+
+
+@contextmanager
+def quantized_kernels_only(model: nn.Module) -> Iterator[None]:
+    """Every quantized layer on its quantized kernel, whatever the rows, inside the block:
+    each row's arithmetic is then its own (the int4 and int8 kernels compute a row alone,
+    the same at any row count; a dense copy rounds activations to bf16 past its switch,
+    and oneDNN's matmul itself rounds a row differently at up to 32 rows than at more)."""
+    layers = [m for m in quantized_layers(model) if m.dense is not None]
+    saved = [m.dense_above for m in layers]
+    for m in layers:
+        m.dense_above = 1 << 62
+    try:
+        yield
+    finally:
+        for m, rows in zip(layers, saved, strict=True):
+            m.dense_above = rows

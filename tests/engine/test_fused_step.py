@@ -32,7 +32,7 @@ from levant.models.paged_attention import (
     SequenceChunk,
     plan_attention,
 )
-from levant.models.quantize import Int4Linear, quantize_int4, quantize_int8
+from levant.models.quantize import Int4Linear, quantize_int4, quantize_int8, quantized_layers
 from levant.models.transformer import Transformer
 from tests.engine.conftest import TINY, random_model, random_prompts
 from tests.engine.test_engine import run, tokens_of
@@ -54,9 +54,10 @@ class Counting(FusedStep):
         positions: torch.Tensor,
         chunks: list[SequenceChunk],
         cache: PagedKVCache,
+        invariant: bool = False,
     ) -> torch.Tensor:
         type(self).calls.append((tokens.shape[0], len(chunks)))
-        return super().__call__(tokens, positions, chunks, cache)
+        return super().__call__(tokens, positions, chunks, cache, invariant)
 
 
 def quantized(kind: str, window: int | None = None) -> Transformer:
@@ -202,6 +203,32 @@ def test_rows_past_a_layers_switch_run_its_dense_copy_inside_the_op(
         quantized_only = fused(tokens, positions, chunks, cache)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (got - quantized_only).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("fused_step", [True, False])
+def test_a_seeded_request_gets_the_tokens_it_gets_alone_in_any_batch(fused_step: bool) -> None:
+    """Dense copies past 2 rows (as tuning chooses on an AMX CPU, where they are oneDNN's
+    bf16 tiles): a seeded request sampled beside other requests, after its prompt was
+    computed and cached by an unseeded one, draws what it draws alone, fused or layer by
+    layer: its steps keep every layer on the quantized kernels and it computes its whole
+    prompt. Without that, the same run on this model and seed draws other tokens."""
+    model = quantize_int4(random_model())  # with dense copies
+    for m in quantized_layers(model):
+        m.dense_above = 2
+    seeded = SamplingParams(temperature=1.0, seed=3, max_tokens=12, ignore_eos=True)
+    free = SamplingParams(temperature=1.0, max_tokens=12, ignore_eos=True)
+    prompt, *others = random_prompts(6, 20, 40, seed=4)
+
+    def engine() -> LLMEngine:
+        return LLMEngine(model, model.config, max_num_batched_tokens=64, fused_step=fused_step)
+
+    alone = tokens_of(run(engine(), [EngineRequest("s", prompt, seeded)])["s"])
+    crowded = engine()
+    run(crowded, [EngineRequest("first", prompt, GREEDY)])  # caches the prompt's blocks
+    batch = [EngineRequest("s", prompt, seeded)]
+    batch += [EngineRequest(f"o{i}", p, free) for i, p in enumerate(others)]
+    assert tokens_of(run(crowded, batch)["s"]) == alone
+    assert len(alone) == 12
 
 
 def test_bad_inputs_are_refused_before_anything_is_written() -> None:
