@@ -1,10 +1,11 @@
 """In-process timings of the engine's CPU step pieces on SmolLM2-135M int4, each beside the
 path it replaces, in the same process: the prefill attention kernel against gather + SDPA,
 a cold prefill through the engine with the fused step against the layer-by-layer forward,
-the fused step at 1 and 16 decoding sequences, and, where the CPU has AMX, the int4
-layers' and int8 head's matmuls on their AMX paths against their VNNI paths (and the dense
-bf16 copies through oneDNN) by row count. Prints a markdown table; the
-comparison with named peers (llama-server, transformers) is ``python -m bench.serving``.
+the fused step at 1 and 16 decoding sequences, and, where the CPU has AMX, the int8
+head's matmul on its AMX path against its VNNI path, beside one block's int4 matmuls and
+their dense bf16 copies through oneDNN (AMX's bf16 tiles), by row count. Prints a
+markdown table; the comparison with named peers (llama-server, transformers) is
+``python -m bench.serving``.
 
     python -m bench.kernels [--threads 2] [--prompt 1004] [--repeats 4]
 """
@@ -111,12 +112,12 @@ def fused_decode_ms(fused: FusedStep, model: Transformer, rows: int, repeats: in
         return best_ms(lambda: fused(tokens, positions, chunks, cache), repeats)
 
 
-Timings = tuple[int, float, float, float, float, float]
+Timings = tuple[int, float, float, float, float]
 
 
 def amx_matmuls(model: Transformer, repeats: int) -> list[Timings]:
-    """Per row count: one block's four int4 matmuls (VNNI, AMX, their dense bf16 copies
-    through oneDNN) and the int8 head (VNNI, AMX), in ms, the paths alternating twice."""
+    """Per row count: one block's four int4 matmuls and their dense bf16 copies through
+    oneDNN, and the int8 head on its VNNI and AMX paths, in ms, alternating twice."""
     block = quantized_layers(model.layers)[:4]
     head = model.output
     assert isinstance(head, Int8Linear) and head.q8_packed is not None
@@ -128,15 +129,15 @@ def amx_matmuls(model: Transformer, repeats: int) -> list[Timings]:
         pairs = list(zip(block, xs, strict=True))
         bf16 = list(zip(dense, [x.to(torch.bfloat16) for x in xs], strict=True))
         xh = torch.randn(rows, head.in_features)
-        t: dict[str, list[float]] = {k: [] for k in ("v", "a", "d", "hv", "ha")}
+        t: dict[str, list[float]] = {k: [] for k in ("q", "d", "hv", "ha")}
         for _ in range(2):
-            for amx, key in ((False, "v"), (True, "a")):
-                op.set_amx(amx)
-                t[key].append(best_ms(lambda: [m._quantized_mm(x) for m, x in pairs], repeats))
-                t["h" + key].append(best_ms(lambda: head._quantized_mm(xh), repeats))
+            t["q"].append(best_ms(lambda: [m._quantized_mm(x) for m, x in pairs], repeats))
             t["d"].append(best_ms(lambda: [d(x) for d, x in bf16], repeats))
-        v, a, d, hv, ha = (min(t[k]) for k in ("v", "a", "d", "hv", "ha"))
-        return rows, v, a, d, hv, ha
+            for amx, key in ((False, "hv"), (True, "ha")):
+                op.set_amx(amx)
+                t[key].append(best_ms(lambda: head._quantized_mm(xh), repeats))
+        q, d, hv, ha = (min(t[k]) for k in ("q", "d", "hv", "ha"))
+        return rows, q, d, hv, ha
 
     previous = op.set_amx(True)
     try:
@@ -178,11 +179,11 @@ def main() -> None:
         ms = fused_decode_ms(fused, model, rows, repeats=40)
         print(f"| fused decode step, {rows} sequences at 170 positions | - | {ms:.2f} ms | - |")
     if torch.ops.levant.amx_available():
-        print("\nOne block's int4 matmuls and the int8 head, VNNI and AMX paths (best of 20)\n")
-        print("| rows | int4 VNNI | int4 AMX | dense bf16 (oneDNN) | head VNNI | head AMX |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-        for rows, v, a, d, hv, ha in amx_matmuls(model, repeats=20):
-            print(f"| {rows} | {v:.3f} ms | {a:.3f} ms | {d:.3f} ms | {hv:.3f} ms | {ha:.3f} ms |")
+        print("\nOne block's int4 matmuls and the int8 head by rows (best of 20)\n")
+        print("| rows | int4 (levant::q4_matmul) | dense bf16 (oneDNN) | head VNNI | head AMX |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for rows, q, d, hv, ha in amx_matmuls(model, repeats=20):
+            print(f"| {rows} | {q:.3f} ms | {d:.3f} ms | {hv:.3f} ms | {ha:.3f} ms |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-// Whether the AMX paths of q4_matmul and q8_matmul run (amx.h): the kernel's grant, asked
+// Whether the AMX path of q8_matmul runs (amx.h): the kernel's grant, asked
 // once per process, and the run-time switch, with the ops levant::amx_available() and
 // levant::set_amx(on) -> the previous setting, and levant::amx_matmuls(), the count of
 // matmuls that took an AMX path.

@@ -33,7 +33,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "amx.h"
 #include "ops.h"
 #include "quantize_rows.h"
 
@@ -43,7 +42,6 @@ using levant_kernels::GROUP;
 using levant_kernels::QuantizedRows;
 using levant_kernels::quantize_rows;
 using levant_kernels::for_row_chunks;
-using levant_kernels::with_rows;
 
 constexpr int64_t TILE = 16;  // outputs per tile (one 16-lane register)
 
@@ -96,62 +94,6 @@ inline void tile_rows(const uint8_t* packed, const uint16_t* scales, const Quant
     }
   }
   for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, acc[r]);
-}
-#endif
-
-#ifdef LEVANT_AMX
-using levant_kernels::AMX_ROWS;
-
-// The fewest rows for which the AMX path runs: each group's products go through memory to
-// be scaled (16 rows stored, loaded, converted), which costs what the VNNI loop's products
-// cost up to 16 rows (SmolLM2's matrices on a 2-core Xeon: 0.22 ms both at 16 rows, 0.12
-// against 0.07 at 4); from 32 rows the tiles are ahead (2.85 against 3.35 ms at 256).
-constexpr int64_t AMX_MIN_ROWS = 32;
-
-// Rows r0 .. r0 + MT - 1 of output tile t with tile products (amx.h), from the tile's
-// weights unpacked to bytes in wt (group g's 8 quads at 512 g, the VNNI layout: quad 2p
-// the low nibbles of packed quad pair p, quad 2p + 1 the high); each group's int32
-// products are scaled as tile_rows scales them.
-template <int MT>
-inline void amx_rows(const uint8_t* wt, const uint16_t* s, const QuantizedRows& xq, float* y,
-                     int64_t r0, int64_t t, int64_t K, int64_t N) {
-  const int64_t G = K / GROUP;
-  const __m512 eight = _mm512_set1_ps(8.f);
-  __m512 acc[MT];
-  for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
-  auto scale_group = [&](int64_t g, const int32_t* dot) {
-    const __m512i sz = _mm512_loadu_si512(s + 32 * g);
-    const __m512 dw = bf16x16(_mm512_castsi512_si256(sz));
-    const __m512 mw = _mm512_fnmadd_ps(eight, dw, bf16x16(_mm512_extracti64x4_epi64(sz, 1)));
-    for (int r = 0; r < MT; ++r) {
-      const int64_t rg = (r0 + r) * G + g;
-      const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(xq.d[rg]));
-      const __m512i d = _mm512_load_si512(dot + TILE * r);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), scale, acc[r]);
-      acc[r] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xq.dsum[rg]), acc[r]);
-    }
-  };
-  levant_kernels::tile_products(xq.q.data() + r0 * K, K, wt, 512, G, scale_group);
-  for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, acc[r]);
-}
-
-// Every row of output tile t: its weights unpacked once into wt (K / 32 * 512 bytes),
-// then 16 rows per pass.
-inline void amx_tile(const uint8_t* packed, const uint16_t* scales, const QuantizedRows& xq,
-                     float* y, int64_t M, int64_t t, int64_t K, int64_t N, uint8_t* wt) {
-  const int64_t G = K / GROUP;
-  const __m512i low = _mm512_set1_epi8(0x0F);
-  const uint8_t* w = packed + t * G * 256;
-  for (int64_t i = 0; i < 4 * G; ++i) {
-    const __m512i v = _mm512_loadu_si512(w + 64 * i);
-    _mm512_storeu_si512(wt + 128 * i, _mm512_and_si512(v, low));
-    _mm512_storeu_si512(wt + 128 * i + 64, _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
-  }
-  const uint16_t* s = scales + t * G * 32;
-  for (int64_t r0 = 0; r0 < M; r0 += AMX_ROWS)
-    with_rows<AMX_ROWS>(std::min<int64_t>(AMX_ROWS, M - r0), [&](auto mt) {
-      amx_rows<decltype(mt)::value>(wt, s, xq, y, r0, t, K, N);
-    });
 }
 #endif
 
@@ -271,18 +213,6 @@ int64_t check_q4_weight(const at::Tensor& packed, const at::Tensor& scales, int6
 void q4_matmul_into(const float* x, int64_t M, int64_t K, const uint8_t* w, const uint16_t* s,
                     int64_t N, float* out) {
   if (M == 0) return;
-#ifdef LEVANT_AMX
-  if (M >= AMX_MIN_ROWS && levant_kernels::amx_on()) {
-    levant_kernels::count_amx_matmul();
-    const QuantizedRows xq = quantize_rows(x, M, K, AMX_ROWS);
-    at::parallel_for(0, N / TILE, 1, [&](int64_t begin, int64_t end) {
-      levant_kernels::TileScope tiles;
-      std::vector<uint8_t> wt(K / GROUP * 512);
-      for (int64_t t = begin; t < end; ++t) amx_tile(w, s, xq, out, M, t, K, N, wt.data());
-    });
-    return;
-  }
-#endif
   const QuantizedRows xq = quantize_rows(x, M, K);
   at::parallel_for(0, N / TILE, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {

@@ -75,9 +75,11 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
 #ifdef LEVANT_AMX
 using levant_kernels::AMX_ROWS;
 
-// The fewest rows for which the AMX path runs (the output head of SmolLM2 on a 2-core
-// Xeon: 0.83 against 0.95 ms at 8 rows, 1.12 against 1.55 at 16; 0.75 against 0.68 at 4).
-constexpr int64_t AMX_MIN_ROWS = 8;
+// The rows for which the AMX path runs: a decode batch's (the output head of SmolLM2 on a
+// 2-core Xeon: 1.50 against 2.46 ms at 16 rows, 2.37 against 3.20 at 32; 0.75 against 0.68
+// at 4; from 64 rows the VNNI loop is ahead again, 7.3 against 8.5 ms, as each group's
+// products go through memory to be scaled: python -m bench.kernels).
+constexpr int64_t AMX_MIN_ROWS = 8, AMX_MAX_ROWS = 32;
 
 // Rows r0 .. r0 + MT - 1 of output tile t with tile products (amx.h): the packed weights
 // are already the tiles' layout (a group is 8 quads of 64 bytes), read in place; each
@@ -200,7 +202,7 @@ void q8_matmul_into(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
                     int64_t N, float* out) {
   if (M == 0) return;
 #ifdef LEVANT_AMX
-  if (M >= AMX_MIN_ROWS && levant_kernels::amx_on()) {
+  if (M >= AMX_MIN_ROWS && M <= AMX_MAX_ROWS && levant_kernels::amx_on()) {
     levant_kernels::count_amx_matmul();
     const QuantizedRows xq = quantize_rows(x, M, K, AMX_ROWS);
     at::parallel_for(0, N / TILE, 8, [&](int64_t begin, int64_t end) {

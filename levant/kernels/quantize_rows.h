@@ -83,7 +83,7 @@ inline float quantize_group(const float* xs, int8_t* q, int32_t& sum) {
 }
 
 // x (M, K) float32, K a multiple of GROUP. q holds M rounded up to a multiple of
-// row_multiple rows, the extra ones zeros (whole 16-row tiles for the AMX paths).
+// row_multiple rows, the extra ones zeros (whole 16-row tiles for q8_matmul's AMX path).
 inline QuantizedRows quantize_rows(const float* x, int64_t M, int64_t K, int64_t row_multiple = 1) {
   const int64_t G = K / GROUP;
   const int64_t padded = (M + row_multiple - 1) / row_multiple * row_multiple;

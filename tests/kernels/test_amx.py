@@ -1,9 +1,8 @@
-"""The AMX paths of ``levant::q4_matmul`` and ``levant::q8_matmul`` (tile products, where the
-CPU has AMX-INT8 and the kernel grants it) against their VNNI paths, switched with
-``levant::set_amx`` in one process: the same integer dot products and the same scaling
-in the same order, so the same floats, at every row count around the 16-row tiles. The
-VNNI paths themselves are checked against the arithmetic written out in
-test_q4_matmul.py and test_q8_matmul.py (which run the AMX paths too, where they are on).
+"""The AMX path of ``levant::q8_matmul`` (tile products, where the CPU has AMX-INT8 and the
+kernel grants it) against its VNNI path, switched with ``levant::set_amx`` in one
+process: the same integer dot products and the same scaling in the same order, so the
+same floats, at every row count around the 16-row tiles and the path's bounds. The VNNI
+path itself is checked against the arithmetic written out in test_q8_matmul.py.
 """
 
 from __future__ import annotations
@@ -14,18 +13,18 @@ import pytest
 import torch
 
 from levant import kernels
-from levant.models.quantize import GROUP_SIZE, Int8Linear, pack_q4
+from levant.models.quantize import Int8Linear
 
 pytestmark = pytest.mark.skipif(
     not (kernels.q4_ready() and torch.ops.levant.amx_available()),
     reason="no AMX-INT8 here (or the kernel does not grant it)",
 )
 
-# The fewest rows for which each kernel takes its AMX path (AMX_MIN_ROWS in its .cpp).
-Q4_AMX_ROWS, Q8_AMX_ROWS = 32, 8
+# The rows for which q8_matmul takes its AMX path (AMX_MIN_ROWS, AMX_MAX_ROWS).
+AMX_ROWS = range(8, 33)
 
-# Around both thresholds; 16 fills one tile, 17, 33 and 70 leave a short last one; K = 96
-# has an odd group count (the tile pipeline's last pass holds one group).
+# Around both bounds; 16 fills one tile, 17 and 31 leave a short last one; K = 96 has an
+# odd group count (the tile pipeline's last pass holds one group).
 ROWS = [1, 7, 8, 9, 16, 17, 31, 32, 33, 70]
 
 
@@ -51,22 +50,6 @@ def on_both(f, takes_amx: bool):  # type: ignore[no-untyped-def]
 
 @pytest.mark.usefixtures("both_paths")
 @pytest.mark.parametrize("rows", ROWS)
-@pytest.mark.parametrize(("n", "k"), [(48, 96), (64, 576), (32, 1536)])
-def test_q4_amx_gives_the_vnni_floats(rows: int, n: int, k: int) -> None:
-    g = torch.Generator().manual_seed(rows * 1000 + k)
-    codes = torch.randint(0, 16, (n, k), generator=g)
-    d = torch.rand(n, k // GROUP_SIZE, generator=g) * 0.1
-    m = -torch.rand(n, k // GROUP_SIZE, generator=g)
-    packed, scales = pack_q4(codes, d, m)
-    x = torch.randn(rows, k, generator=g)
-    x[-1, :GROUP_SIZE] = 0  # a group of zeros in the last row
-    vnni, amx = on_both(lambda: torch.ops.levant.q4_matmul(x, packed, scales), rows >= Q4_AMX_ROWS)
-    assert torch.equal(vnni, amx)
-    assert vnni.abs().max() > 0
-
-
-@pytest.mark.usefixtures("both_paths")
-@pytest.mark.parametrize("rows", ROWS)
 @pytest.mark.parametrize(("n", "k"), [(48, 96), (256, 576)])
 def test_q8_amx_gives_the_vnni_floats(rows: int, n: int, k: int) -> None:
     g = torch.Generator().manual_seed(rows * 1000 + k + 1)
@@ -75,7 +58,7 @@ def test_q8_amx_gives_the_vnni_floats(rows: int, n: int, k: int) -> None:
     x = torch.randn(rows, k, generator=g) * 3
     vnni, amx = on_both(
         lambda: torch.ops.levant.q8_matmul(x, layer.q8_packed, layer.q8_scales),
-        rows >= Q8_AMX_ROWS,
+        rows in AMX_ROWS,
     )
     assert torch.equal(vnni, amx)
     assert vnni.abs().max() > 0
