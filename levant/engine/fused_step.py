@@ -93,6 +93,9 @@ class FusedStep:
             assert isinstance(m, Int4Linear | Int8Linear)
             self.dense.append(m.dense.weight if m.dense is not None else none)
             self.dense_above.append(m.dense_above if m.dense is not None else UNLIMITED)
+        # Rows up to which no layer switches: such steps pass no copies (the op has no
+        # tensors to check and dispatch over: SmolLM2 has 120).
+        self.first_switch = min(self.dense_above, default=UNLIMITED)
 
     def __call__(
         self,
@@ -106,7 +109,8 @@ class FusedStep:
         hidden states (1, T, dim). Called under the runner's inference mode (the op writes
         the cache in place). ``invariant``: the quantized kernels at every row count, so
         each row's arithmetic does not depend on the rest of the step (no dense copies)."""
-        if tokens.dim() != 1 or tokens.shape[0] == 0:
+        T = tokens.shape[0]
+        if tokens.dim() != 1 or T == 0:
             raise ValueError("the fused step runs a (T,) tensor of at least one token")
         bs = cache.block_size
         n = max(-(-(c.num_cached + c.num_new) // bs) for c in chunks)
@@ -115,12 +119,14 @@ class FusedStep:
         tables = torch.tensor([c.block_table[:n] + [-1] * (n - len(c.block_table)) for c in chunks])
         rope = rotary_table(positions, self.model.inv_freq)  # (T, head_dim // 2, 2)
         h = self.model.tok_embeddings(tokens)  # (T, dim) float32
+        switches = not invariant and self.first_switch < T
+        dense, dense_above = (self.dense, self.dense_above) if switches else ([], [])
         out: torch.Tensor = torch.ops.levant.fused_step(
             h,
             rope,
             self.weights,
-            self.dense,
-            [UNLIMITED] * len(self.dense_above) if invariant else self.dense_above,
+            dense,
+            dense_above,
             cache.kv,
             seqs,
             tables,

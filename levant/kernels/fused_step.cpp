@@ -14,7 +14,8 @@
 //              norm (D). A linear is q4 (4-d packed, bf16 scales) or q8 (3-d, float32).
 // dense        per layer, for wqkv, wo, w13 and w2: the linear's dense bf16 copy (N, K) --
 //              a oneDNN-packed weight for mkldnn::_linear_pointwise, or a plain matrix --
-//              or an empty tensor where it has none
+//              or an empty tensor where it has none; dense and dense_above both empty
+//              lists: no layer switches (a step below every switch passes no copies)
 // dense_above  per layer, for the same four: the row counts past which a step multiplies
 //              by the dense copy (activations rounded to bf16) instead of the quantized
 //              kernel, as the layer's forward does (tune_dense_above chooses them: with
@@ -188,7 +189,7 @@ Linear linear(const at::Tensor& packed, const at::Tensor& scales, const at::Tens
   const void* s = q4 ? static_cast<const void*>(scales.data_ptr<at::BFloat16>())
                      : static_cast<const void*>(scales.data_ptr<float>());
   Linear out{packed.data_ptr<uint8_t>(), s, q4, K, n};
-  if (dense.numel() > 0) {
+  if (dense.defined() && dense.numel() > 0) {
     TORCH_CHECK(dense.dim() == 2 && dense.size(0) == n && dense.size(1) == K, name,
                 ": the dense copy is not (", n, ", ", K, ")");
     TORCH_CHECK(dense.is_mkldnn() || (dense.scalar_type() == at::kBFloat16 && dense.is_contiguous()),
@@ -260,9 +261,10 @@ at::Tensor fused_step(const at::Tensor& h_in, const at::Tensor& rope, at::Tensor
   const int64_t L = static_cast<int64_t>(kv_cache.size());
   TORCH_CHECK(L > 0 && static_cast<int64_t>(weights.size()) == PER_LAYER * L + 1,
               "weights: ", PER_LAYER, " per layer and the final norm");
-  TORCH_CHECK(static_cast<int64_t>(dense.size()) == 4 * L &&
-                  static_cast<int64_t>(dense_above.size()) == 4 * L,
-              "dense and dense_above: 4 per layer");
+  const bool any_dense = !dense.empty() || !dense_above.empty();
+  TORCH_CHECK(!any_dense || (static_cast<int64_t>(dense.size()) == 4 * L &&
+                             static_cast<int64_t>(dense_above.size()) == 4 * L),
+              "dense and dense_above: 4 per layer (or both empty: none)");
   TORCH_CHECK(h_in.dim() == 2 && h_in.scalar_type() == at::kFloat && h_in.is_contiguous(),
               "h: contiguous (T, D) float32");
   const int64_t R = h_in.size(0), D = h_in.size(1);
@@ -298,14 +300,16 @@ at::Tensor fused_step(const at::Tensor& h_in, const at::Tensor& rope, at::Tensor
   int64_t F = -1;
   for (int64_t l = 0; l < L; ++l) {
     const at::Tensor* w = weights.data() + PER_LAYER * l;
-    const at::Tensor* dw = dense.data() + 4 * l;
-    const int64_t* da = dense_above.data() + 4 * l;
-    Layer layer{norm_weight(w[0], D), linear(w[1], w[2], dw[0], da[0], D, QKV, "wqkv"),
-                linear(w[3], w[4], dw[1], da[1], H * hd, D, "wo"), norm_weight(w[5], D),
-                linear(w[6], w[7], dw[2], da[2], D, -1, "w13"), Linear{}};
+    static const at::Tensor none;
+    static const int64_t never = std::numeric_limits<int64_t>::max();
+    auto dw = [&](int i) -> const at::Tensor& { return any_dense ? dense[4 * l + i] : none; };
+    auto da = [&](int i) { return any_dense ? dense_above[4 * l + i] : never; };
+    Layer layer{norm_weight(w[0], D), linear(w[1], w[2], dw(0), da(0), D, QKV, "wqkv"),
+                linear(w[3], w[4], dw(1), da(1), H * hd, D, "wo"), norm_weight(w[5], D),
+                linear(w[6], w[7], dw(2), da(2), D, -1, "w13"), Linear{}};
     TORCH_CHECK(layer.w13.N % 2 == 0 && (F < 0 || layer.w13.N / 2 == F), "w13: 2 * hidden outputs");
     F = layer.w13.N / 2;
-    layer.w2 = linear(w[8], w[9], dw[3], da[3], F, D, "w2");
+    layer.w2 = linear(w[8], w[9], dw(3), da(3), F, D, "w2");
     layers.push_back(layer);
   }
   const float* final_norm = norm_weight(weights[PER_LAYER * L], D);

@@ -247,4 +247,8 @@ def test_bad_inputs_are_refused_before_anything_is_written() -> None:
         for message, wrong in bad:
             with pytest.raises(RuntimeError, match=message):
                 fused(tokens, positions, wrong, cache)
+        # Dense copies for some layers only (the op takes 4 per layer, or none at all).
+        fused.dense, fused.dense_above, fused.first_switch = fused.dense[:4], [0] * 4, 0
+        with pytest.raises(RuntimeError, match="4 per layer"):
+            fused(tokens, positions, chunks, cache)
     assert all(torch.equal(a, b) for a, b in zip(cache.kv, before, strict=True))
