@@ -25,10 +25,8 @@ from torch import nn
 
 from levant import kernels
 from levant.models.paged_attention import PagedKVCache, SequenceChunk
-from levant.models.quantize import Int4Linear, Int8Linear
+from levant.models.quantize import UNLIMITED, Int4Linear, Int8Linear
 from levant.models.transformer import Transformer, TransformerBlock, rotary_table
-
-UNLIMITED = 1 << 62  # a switch that never turns: the quantized kernel at every row count
 
 
 def _packed(layer: nn.Module | None) -> list[torch.Tensor] | None:

@@ -82,20 +82,19 @@ class ModelRunner:
         # dense copies (whose arithmetic changes with the step's rows).
         invariant = any(s.request.sampling.seed is not None for s in scheduled)
         compiled = self._compiled_step(len(tokens)) if len(tokens) == len(chunks) else None
-        if self.fused is not None:
-            h = self.fused(tensor(tokens), tensor(positions), chunks, self.cache, invariant)
-        elif compiled is not None and not invariant:  # every sequence decodes one token
-            [group] = plan_attention(chunks, bs, window, self.device)
-            decode = DecodeAttention.of(self.cache, slots(), group)
-            h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
-        else:
-            groups = plan_attention(chunks, bs, window, self.device)
-            attend = PagedAttention(self.cache, slots(), groups)
-            with quantized_kernels_only(self.model) if invariant else nullcontext():
-                h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
-        if not sample_rows:
-            return {}
         with quantized_kernels_only(self.model) if invariant else nullcontext():
+            if self.fused is not None:
+                h = self.fused(tensor(tokens), tensor(positions), chunks, self.cache, invariant)
+            elif compiled is not None and not invariant:  # every sequence decodes one token
+                [group] = plan_attention(chunks, bs, window, self.device)
+                decode = DecodeAttention.of(self.cache, slots(), group)
+                h = compiled(tensor(tokens), tensor(positions), decode)  # (1, R, dim)
+            else:
+                groups = plan_attention(chunks, bs, window, self.device)
+                attend = PagedAttention(self.cache, slots(), groups)
+                h = self.model.hidden_states(tensor(tokens)[None], tensor(positions), attend)
+            if not sample_rows:
+                return {}
             logits = self.model.logits(h[0, sample_rows])  # (R, vocab) float32
         samplers = [s.request for s in scheduled if s.samples]
         ids = sample_batch(logits, samplers)

@@ -28,6 +28,8 @@ std::atomic<bool>& switch_() {
   return on;
 }
 
+std::atomic<int64_t> amx_matmuls{0};
+
 }  // namespace
 
 bool amx_granted() {
@@ -38,10 +40,6 @@ bool amx_granted() {
 bool amx_on() { return switch_().load(std::memory_order_relaxed); }
 
 bool set_amx_on(bool on) { return switch_().exchange(on && amx_granted()); }
-
-namespace {
-std::atomic<int64_t> amx_matmuls{0};
-}
 
 void count_amx_matmul() { amx_matmuls.fetch_add(1, std::memory_order_relaxed); }
 

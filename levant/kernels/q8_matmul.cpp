@@ -43,6 +43,21 @@ constexpr int64_t QUADS = GROUP / 4;       // 4-input quads per group
 constexpr int64_t ROWS = 4;                // rows per pass over a tile's weights
 
 #ifdef LEVANT_VNNI
+// acc += d_x * (dot - 128 sum(q_x)) for group rg of a row: one group's integer products
+// scaled (the VNNI and AMX paths share it, so they give the same floats).
+inline __m512 add_group(__m512 acc, __m512i dot, const QuantizedRows& xq, int64_t rg) {
+  const __m512i exact = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * xq.sum[rg]));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(xq.d[rg]), acc);
+}
+
+// Rows r0 .. r0 + MT - 1 of output tile t, times the outputs' scales, into y.
+template <int MT>
+inline void store_rows(const __m512 (&acc)[MT], const float* scales, float* y, int64_t r0,
+                       int64_t t, int64_t N) {
+  const __m512 s = _mm512_loadu_ps(scales + t * TILE);
+  for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, _mm512_mul_ps(acc[r], s));
+}
+
 // Rows r0 .. r0 + MT - 1 of output tile t.
 template <int MT>
 inline void tile_rows(const uint8_t* packed, const float* scales, const QuantizedRows& xq,
@@ -61,14 +76,9 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
         dot[r] = _mm512_dpbusd_epi32(dot[r], v, _mm512_set1_epi32(xr[p]));
       }
     }
-    for (int r = 0; r < MT; ++r) {
-      const int64_t rg = (r0 + r) * G + g;
-      const __m512i exact = _mm512_sub_epi32(dot[r], _mm512_set1_epi32(128 * xq.sum[rg]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(xq.d[rg]), acc[r]);
-    }
+    for (int r = 0; r < MT; ++r) acc[r] = add_group(acc[r], dot[r], xq, (r0 + r) * G + g);
   }
-  const __m512 s = _mm512_loadu_ps(scales + t * TILE);
-  for (int r = 0; r < MT; ++r) _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, _mm512_mul_ps(acc[r], s));
+  store_rows<MT>(acc, scales, y, r0, t, N);
 }
 #endif
 
@@ -91,18 +101,12 @@ inline void amx_rows(const uint8_t* packed, const float* scales, const Quantized
   __m512 acc[MT];
   for (int r = 0; r < MT; ++r) acc[r] = _mm512_setzero_ps();
   auto scale_group = [&](int64_t g, const int32_t* dot) {
-    for (int r = 0; r < MT; ++r) {
-      const int64_t rg = (r0 + r) * G + g;
-      const __m512i exact = _mm512_sub_epi32(_mm512_load_si512(dot + TILE * r),
-                                             _mm512_set1_epi32(128 * xq.sum[rg]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(exact), _mm512_set1_ps(xq.d[rg]), acc[r]);
-    }
+    for (int r = 0; r < MT; ++r)
+      acc[r] = add_group(acc[r], _mm512_load_si512(dot + TILE * r), xq, (r0 + r) * G + g);
   };
   levant_kernels::tile_products(xq.q.data() + r0 * K, K, packed + t * (K / 4) * 64, QUADS * 64, G,
                                 scale_group);
-  const __m512 sc = _mm512_loadu_ps(scales + t * TILE);
-  for (int r = 0; r < MT; ++r)
-    _mm512_storeu_ps(y + (r0 + r) * N + t * TILE, _mm512_mul_ps(acc[r], sc));
+  store_rows<MT>(acc, scales, y, r0, t, N);
 }
 #endif
 

@@ -310,6 +310,10 @@ def _best_ms(layers: list[_WeightOnlyLinear], dense: bool, x: torch.Tensor, repe
     return min(times) * 1e3
 
 
+# A switch that never turns: the quantized kernel at every row count.
+UNLIMITED = 1 << 62
+
+
 @contextmanager
 def quantized_kernels_only(model: nn.Module) -> Iterator[None]:
     """Every quantized layer on its quantized kernel, whatever the rows, inside the block:
@@ -319,7 +323,7 @@ def quantized_kernels_only(model: nn.Module) -> Iterator[None]:
     layers = [m for m in quantized_layers(model) if m.dense is not None]
     saved = [m.dense_above for m in layers]
     for m in layers:
-        m.dense_above = 1 << 62
+        m.dense_above = UNLIMITED
     try:
         yield
     finally:

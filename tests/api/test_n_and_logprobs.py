@@ -44,6 +44,10 @@ def test_n_choices_distinct_seeded_reproducible_and_usage(live_server: LiveServe
     # differently.
     assert [child_seed(5, i) for i in range(4)] == [5, 6, 7, 8]
     assert child_seed(None, 2) is None
+    # One seeded request, alone, twice: the same steps (a seeded request computes its own
+    # prompt, so the second does not start from the first's cached blocks), the same text.
+    one = post(live_server, temperature=1.0, random_seed=5, max_tokens=12)
+    assert texts(one) == texts(post(live_server, temperature=1.0, random_seed=5, max_tokens=12))
     single = post(live_server, temperature=0, max_tokens=12)["usage"]
     usage = a["usage"]
     assert usage["prompt_tokens"] == single["prompt_tokens"]  # counted once

@@ -21,7 +21,7 @@ import torch
 
 from levant import kernels
 from levant.engine.core import LLMEngine
-from levant.engine.fused_step import UNLIMITED, FusedStep, block_linears
+from levant.engine.fused_step import FusedStep, block_linears
 from levant.engine.protocol import EngineRequest, SamplingParams
 from levant.models import paged_attention
 from levant.models.config import ModelConfig
@@ -32,7 +32,13 @@ from levant.models.paged_attention import (
     SequenceChunk,
     plan_attention,
 )
-from levant.models.quantize import Int4Linear, quantize_int4, quantize_int8, quantized_layers
+from levant.models.quantize import (
+    UNLIMITED,
+    Int4Linear,
+    quantize_int4,
+    quantize_int8,
+    quantized_layers,
+)
 from levant.models.transformer import Transformer
 from tests.engine.conftest import TINY, random_model, random_prompts
 from tests.engine.test_engine import run, tokens_of

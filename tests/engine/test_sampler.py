@@ -57,6 +57,17 @@ def test_penalties_follow_openai_formula() -> None:
     assert out.tolist() == [0.0, -0.75, -1.25, 0.0]
 
 
+def make_request(rid: str, params: SamplingParams) -> Request:
+    return Request(
+        EngineRequest(rid, [1, 2], params),
+        max_new_tokens=50,
+        at_model_limit=False,
+        extra_keys=b"",
+        arrival_time=0.0,
+        device=torch.device("cpu"),
+    )
+
+
 def test_min_tokens_holds_back_only_the_rows_still_short_of_it() -> None:
     """A batch where rows differ in stop tokens and progress: each row's stop tokens are
     barred while it is under its min_tokens, and no other row's or token's logits move."""
@@ -65,14 +76,7 @@ def test_min_tokens_holds_back_only_the_rows_still_short_of_it() -> None:
         params = SamplingParams(
             temperature=0.0, max_tokens=50, stop_token_ids=frozenset(stops), min_tokens=min_tokens
         )
-        r = Request(
-            EngineRequest(rid, [1, 2], params),
-            max_new_tokens=50,
-            at_model_limit=False,
-            extra_keys=b"",
-            arrival_time=0.0,
-            device=torch.device("cpu"),
-        )
+        r = make_request(rid, params)
         r.output_token_ids = [7] * produced
         return r
 
@@ -87,17 +91,6 @@ def test_min_tokens_holds_back_only_the_rows_still_short_of_it() -> None:
         request("no min", {3}, min_tokens=0, produced=0),  # 3
     ]
     assert sample_batch(logits, requests) == [4, 3, 5, 3]
-
-
-def seeded_request(rid: str, params: SamplingParams) -> Request:
-    return Request(
-        EngineRequest(rid, [1, 2], params),
-        max_new_tokens=50,
-        at_model_limit=False,
-        extra_keys=b"",
-        arrival_time=0.0,
-        device=torch.device("cpu"),
-    )
 
 
 def test_draws_follow_the_written_out_distribution() -> None:
@@ -133,7 +126,7 @@ def test_a_row_draws_the_same_token_alone_or_in_any_batch() -> None:
         SamplingParams(temperature=1.0),  # unseeded: only checked to be a valid token
     ]
     for _ in range(5):
-        requests = [seeded_request(f"r{i}", p) for i, p in enumerate(params)]
+        requests = [make_request(f"r{i}", p) for i, p in enumerate(params)]
         batch = sample_batch(logits.clone(), requests)
         for i, p in enumerate(params):
             if p.temperature > 0 and p.seed is None:
