@@ -14,7 +14,7 @@
 // Tasks (a sequence, or a sequence's kv head when there are few sequences) spread over
 // ATen's intra-op threads. Each task makes one pass over its sequence's blocks (online
 // softmax, rescaled once per block, as flash-decoding does): every slot's keys and
-// values are read once, in place, with the next block prefetched.
+// values are read once, in place, with the next block prefetched into L2.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -64,11 +64,16 @@ inline void axpy(float* a, float p, const T* b, int64_t D) {
   for (int64_t d = 0; d < D; ++d) a[d] += p * static_cast<float>(b[d]);
 }
 
+// A slot's lines into L2 (T1), not L1 (T0): a prefetch into L1 holds one of L1's few miss
+// buffers until its line arrives, and a block's worth of them stalled the loads of the
+// block being computed. On a 2-core EPYC (Zen 4), 30 layers of 16 sequences x 170
+// positions (63 MB of bf16 keys and values, scattered blocks): 6.2-6.5 ms with T0,
+// 4.1-4.5 with T1 (4.5 also prefetching two blocks ahead; 7.4-9.3 with no prefetch).
 template <typename T>
 inline void prefetch_slot(const T* p, int64_t bytes) {
 #if defined(LEVANT_ATTN_SIMD)
   for (int64_t off = 0; off < bytes; off += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(p) + off, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(p) + off, _MM_HINT_T1);
 #endif
 }
 
