@@ -165,6 +165,89 @@ inline void block_values(float* acc, const float* s, const T* base, int64_t n,
                        base + i * slot_stride + (v0 + g) * D, D);
 }
 
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define LEVANT_ATTN_BF16 1
+// Scores over a bf16 cache with vdpbf16ps (AVX512-BF16: 32 products of bf16 pairs summed
+// into 16 float32 lanes per instruction, no conversion of the keys). The query is split
+// into two bf16 halves, q = hi + lo (hi rounded to nearest, lo the rounded remainder:
+// ~16 of float32's 24 mantissa bits), and each product of two bf16 is exact in float32,
+// so a score is q . k to about 2^-17 of |q| |k|. Where there is AVX512-BF16 (Zen 4,
+// Sapphire Rapids) it replaces the float32 scores of a bf16 cache: on a 2-core EPYC (Zen 4),
+// 30 layers of 16 sequences x 170 positions 4.1-4.4 -> 3.8-3.9 ms (keys scattered) and
+// 2.9-3.1 -> 2.6-2.7 ms (one layer's keys, in cache); the fused 16-row step 13.0-13.4 ->
+// 12.4-12.5 ms at 170 positions, 28.2 -> 27.0 ms at 1,000.
+
+// hi and lo halves of n floats.
+inline void split_bf16(const float* q, int64_t n, uint16_t* hi, uint16_t* lo) {
+  for (int64_t i = 0; i < n; ++i) {
+    const c10::BFloat16 h(q[i]);
+    hi[i] = h.x;
+    lo[i] = c10::BFloat16(q[i] - static_cast<float>(h)).x;
+  }
+}
+
+// Lane i of the result = the sum of v[i]'s 16 lanes (a transpose-and-add tree: 45
+// operations for 16 sums, a third of 16 separate horizontal sums).
+inline __m512 sum16(const __m512* v) {
+  __m512 t[8];  // per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3] of a, b = v[2i], v[2i + 1]
+  for (int i = 0; i < 8; ++i)
+    t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                         _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  __m512 u[4];  // per 128-bit lane L: v[4i .. 4i + 3]'s sums over L
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(t[2 * i]), b = _mm512_castps_pd(t[2 * i + 1]);
+    u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  const __m512 y01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x44),
+                                   _mm512_shuffle_f32x4(u[0], u[1], 0xEE));
+  const __m512 y23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x44),
+                                   _mm512_shuffle_f32x4(u[2], u[3], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(y01, y23, 0x88), _mm512_shuffle_f32x4(y01, y23, 0xDD));
+}
+
+// block_scores for bf16 keys and D a multiple of 32, 16 slots at a time: one register per
+// slot gathers q_h . k_i (two vdpbf16ps per 32 dims, hi and lo), sum16 makes them scores.
+template <int GQ>
+inline void block_scores_bf16(const uint16_t* qh, const uint16_t* ql, const c10::BFloat16* base,
+                              const c10::BFloat16* next, int64_t n, int64_t slot_stride,
+                              int64_t g0, int64_t heads, int64_t D, float* s, int64_t bs) {
+  const uint16_t* keys = reinterpret_cast<const uint16_t*>(base);
+  const int64_t lines = slot_stride * 2 / 64, passes = heads * GQ;
+  for (int64_t i0 = 0; i0 < n; i0 += 16) {
+    const int64_t m = std::min<int64_t>(16, n - i0);
+    for (int64_t g = 0; g < heads; ++g)
+      for (int h = 0; h < GQ; ++h) {
+        const int64_t qi = (g * GQ + h) * D;
+        // The next block's slots, a share of each slot's lines in each (g, h) pass.
+        const int64_t pass = g * GQ + h;
+        const int64_t l0 = pass * lines / passes, l1 = (pass + 1) * lines / passes;
+        __m512 acc[16];
+        for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < D; c += 32) {
+          const __m512bh hi = (__m512bh)_mm512_loadu_si512(qh + qi + c);
+          const __m512bh lo = (__m512bh)_mm512_loadu_si512(ql + qi + c);
+          const uint16_t* k = keys + i0 * slot_stride + (g0 + g) * D + c;
+          const char* fetch = c == 0 && next != nullptr
+                                  ? reinterpret_cast<const char*>(next + i0 * slot_stride)
+                                  : nullptr;
+#pragma GCC unroll 16
+          for (int i = 0; i < 16; ++i)
+            if (i < m) {
+              if (fetch != nullptr)
+                for (int64_t l = l0; l < l1; ++l)
+                  _mm_prefetch(fetch + i * slot_stride * 2 + 64 * l, _MM_HINT_T1);
+              const __m512bh ki = (__m512bh)_mm512_loadu_si512(k + i * slot_stride);
+              acc[i] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(acc[i], ki, hi), ki, lo);
+            }
+        }
+        _mm512_mask_storeu_ps(s + (g * GQ + h) * bs + i0, static_cast<__mmask16>((1u << m) - 1),
+                              sum16(acc));
+      }
+  }
+}
+#endif
+
 // Calls f(std::integral_constant<int, G>) for the usual group sizes (query heads per kv
 // head: unrolled code); false for any other, which takes the plain loops.
 template <typename F>
@@ -192,6 +275,7 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
   const int64_t heads_per_task = KVH / split;
   at::parallel_for(0, R * split, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf, acc, m, l, s;
+    std::vector<uint16_t> qh, ql;  // qf's bf16 halves (LEVANT_ATTN_BF16)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / split, g0 = (task % split) * heads_per_task;
       const int64_t nq = heads_per_task * G;  // query heads of this task: g0 * G ..
@@ -200,6 +284,15 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
       qf.resize(nq * D);
       for (int64_t i = 0; i < nq * D; ++i)
         qf[i] = scale * static_cast<float>(q[(r * H + g0 * G) * D + i]);
+#if defined(LEVANT_ATTN_BF16)
+      constexpr bool bf16_cache = std::is_same_v<T, c10::BFloat16>;
+      const bool pairs = bf16_cache && D % 32 == 0;
+      if (pairs) {
+        qh.resize(nq * D);
+        ql.resize(nq * D);
+        split_bf16(qf.data(), nq * D, qh.data(), ql.data());
+      }
+#endif
       acc.assign(nq * D, 0.f);
       m.assign(nq, -std::numeric_limits<float>::infinity());
       l.assign(nq, 0.f);
@@ -212,10 +305,21 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
         const T* base = cache + (blk * block_size + off) * slot_stride;
         const T* next = p0 + n < s1 ? cache + table[(p0 + n) / block_size] * block_size * slot_stride
                                     : nullptr;
-        const bool unrolled = with_group_size(G, [&](auto gq) {
-          block_scores<decltype(gq)::value>(qf.data(), base, next, n, slot_stride, g0,
-                                            heads_per_task, D, s.data(), block_size);
-        });
+        bool unrolled = false;
+#if defined(LEVANT_ATTN_BF16)
+        if constexpr (bf16_cache)
+          if (pairs)
+            unrolled = with_group_size(G, [&](auto gq) {
+              block_scores_bf16<decltype(gq)::value>(qh.data(), ql.data(), base, next, n,
+                                                     slot_stride, g0, heads_per_task, D,
+                                                     s.data(), block_size);
+            });
+        if (!unrolled)
+#endif
+          unrolled = with_group_size(G, [&](auto gq) {
+            block_scores<decltype(gq)::value>(qf.data(), base, next, n, slot_stride, g0,
+                                              heads_per_task, D, s.data(), block_size);
+          });
         if (!unrolled)
           for (int64_t i = 0; i < n; ++i)
             for (int64_t h = 0; h < nq; ++h)

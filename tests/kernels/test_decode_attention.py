@@ -64,6 +64,23 @@ def test_matches_gather_then_sdpa(
     )
 
 
+@pytest.mark.parametrize("bs", [8, 32])
+def test_other_block_sizes_over_a_bf16_cache(bs: int) -> None:
+    """Blocks of 8 and 32 slots: the bf16 path scores 16 slots at a time (a block of 32 in
+    two passes, one of 8 in a partial one)."""
+    g = torch.Generator().manual_seed(bs)
+    num_blocks, R, heads, kv_heads, head_dim = 48, 5, 9, 3, 64
+    cache = torch.randn(num_blocks * bs, 2 * kv_heads, head_dim, generator=g).to(torch.bfloat16)
+    ends = torch.randint(1, 8 * bs, (R,), generator=g)
+    n = int(-(-ends.max() // bs))
+    tables = torch.stack([torch.randperm(num_blocks, generator=g)[:n] for _ in range(R)])
+    starts = torch.where(torch.arange(R) % 2 == 0, 0, (ends - 21).clamp(min=0))
+    bounds = torch.stack([starts, ends], dim=1).contiguous()
+    q = torch.randn(R, heads, head_dim, generator=g)
+    got = torch.ops.levant.paged_decode_attention(q, cache, tables, bounds, bs, head_dim**-0.5)
+    torch.testing.assert_close(got, reference(q, cache, tables, bounds, bs), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_input_is_refused_not_read() -> None:
     cache = torch.zeros(4 * 16, 2, 8)
     q = torch.zeros(1, 2, 8)
