@@ -35,7 +35,7 @@ from levant.api.schemas.chat import (
 from levant.api.state import AppState
 from levant.api.streaming import DONE, sse_event
 from levant.engine.errors import ContextLengthExceeded, EngineOverloaded
-from levant.engine.protocol import SamplingParams
+from levant.engine.protocol import SamplingParams, uses_prefix_cache_for
 from levant.models.tokenizers.protocol import ToolCall
 from levant.routing import Deployment
 from levant.serving.logprobs import TokenLogprobText
@@ -379,7 +379,7 @@ async def start_generation(
             prompt_ids,
             copies=n,
             cache_salt=principal.workspace_id,
-            prefix_cache=not principal.zero_retention,
+            prefix_cache=uses_prefix_cache_for(not principal.zero_retention, sampling.seed),
         )
     except EngineOverloaded as exc:
         raise overloaded_error(exc) from exc

@@ -169,7 +169,7 @@ class AsyncEngine:
         if n >= self.engine.max_context:
             raise ContextLengthExceeded(n, self.engine.max_context)
         n = stream.num_prompt_tokens = self._cost(
-            request.prompt_token_ids, request.cache_salt, request.prefix_cache
+            request.prompt_token_ids, request.cache_salt, request.uses_prefix_cache
         )
         with self._lock:
             self._check_capacity(n)

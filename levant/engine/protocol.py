@@ -61,6 +61,20 @@ class EngineRequest:
     """Per-request grammar state (opaque): it masks each sampled row and ends the request
     with reason ``stop`` once complete. Mutable, owned by the engine while it runs."""
 
+    @property
+    def uses_prefix_cache(self) -> bool:
+        """Whether the request reads and fills the prefix cache: not in zero retention, and
+        not seeded (``uses_prefix_cache_for``)."""
+        return uses_prefix_cache_for(self.prefix_cache, self.sampling.seed)
+
+
+def uses_prefix_cache_for(prefix_cache: bool, seed: int | None) -> bool:
+    """A seeded request computes its whole prompt itself (the runner keeps its steps on
+    row-independent kernels): blocks another step computed could differ in the last bits,
+    and a sampled token can turn on them. The admission estimate (prompt tokens the cache
+    lacks) follows the same rule."""
+    return prefix_cache and seed is None
+
 
 @dataclass(frozen=True)
 class TokenLogprob:

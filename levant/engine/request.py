@@ -42,10 +42,7 @@ class Request:
         self.max_new_tokens = max_new_tokens
         self.at_model_limit = at_model_limit  # reaching max_new_tokens is "model_length"
         self.extra_keys = extra_keys
-        # A seeded request computes its whole prompt itself (ModelRunner keeps its steps on
-        # row-independent kernels): blocks another step computed could differ in the last
-        # bits, and a sampled token can turn on them.
-        self.prefix_cache = request.prefix_cache and request.sampling.seed is None
+        self.prefix_cache = request.uses_prefix_cache  # not in zero retention, not seeded
         self.constraint = request.constraint
         self.block_hashes: list[BlockHash] = []  # of full blocks of all_token_ids
         self.status = RequestStatus.WAITING

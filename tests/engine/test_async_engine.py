@@ -126,7 +126,8 @@ async def test_the_waiting_bound_counts_only_what_the_prefix_cache_lacks(
     tiny_model: Transformer,
 ) -> None:
     """64 cached tokens of a 65-token prompt cost 1 against the bound, not 65; a salt (other
-    workspace) or a request that skips the cache pays in full."""
+    workspace), a request that skips the cache or a seeded one (which computes its whole
+    prompt itself) pays in full."""
     eng = AsyncEngine(make_engine(tiny_model, max_num_seqs=1), max_waiting_tokens=40)
     prefix = random_prompts(1, 64, 65, seed=7)[0][:64]
     short = SamplingParams(temperature=0.0, max_tokens=2)
@@ -143,6 +144,7 @@ async def test_the_waiting_bound_counts_only_what_the_prefix_cache_lacks(
             EngineRequest("cold", random_prompts(1, 65, 66, seed=8)[0], LONG),
             EngineRequest("salted", [*prefix, 9], LONG, cache_salt="other-workspace"),
             EngineRequest("uncached", [*prefix, 9], LONG, prefix_cache=False),
+            EngineRequest("seeded", [*prefix, 9], SamplingParams(max_tokens=400, seed=3)),
         ):
             with pytest.raises(EngineOverloaded, match="prompt tokens"):
                 await anext(eng.generate(refused))
