@@ -79,8 +79,8 @@ inline void tile_rows(const uint8_t* packed, const uint16_t* scales, const Quant
       const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
       for (int r = 0; r < MT; ++r) {
         const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
-        dot[r] = _mm512_dpbusd_epi32(dot[r], lo, _mm512_set1_epi32(xr[2 * p]));
-        dot[r] = _mm512_dpbusd_epi32(dot[r], hi, _mm512_set1_epi32(xr[2 * p + 1]));
+        dot[r] = levant_kernels::dpbusd_bcast(dot[r], lo, xr + 2 * p);
+        dot[r] = levant_kernels::dpbusd_bcast(dot[r], hi, xr + 2 * p + 1);
       }
     }
     const __m512i sz = _mm512_loadu_si512(s);

@@ -73,7 +73,7 @@ inline void tile_rows(const uint8_t* packed, const float* scales, const Quantize
       const __m512i v = _mm512_loadu_si512(w + 64 * p);
       for (int r = 0; r < MT; ++r) {
         const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
-        dot[r] = _mm512_dpbusd_epi32(dot[r], v, _mm512_set1_epi32(xr[p]));
+        dot[r] = levant_kernels::dpbusd_bcast(dot[r], v, xr + p);
       }
     }
     for (int r = 0; r < MT; ++r) acc[r] = add_group(acc[r], dot[r], xq, (r0 + r) * G + g);
