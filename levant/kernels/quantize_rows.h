@@ -1,7 +1,8 @@
 // What levant::q4_matmul and levant::q8_matmul share. Activations quantized for their int8
 // dot products:
 // per row and group of 32 inputs, q = round(x / d) in -127..127 with d = max |x| / 127 (as
-// llama.cpp's Q8_1 does), and per group d, the integer sum of q and d times it.
+// llama.cpp's Q8_1 does), and per group d, the integer sum of q and d times it; and, with
+// VNNI, their dot product instruction with the activations' 4 bytes broadcast (dpbusd_bcast).
 #pragma once
 
 #include <ATen/Parallel.h>
