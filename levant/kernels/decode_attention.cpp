@@ -64,17 +64,10 @@ inline void axpy(float* a, float p, const T* b, int64_t D) {
   for (int64_t d = 0; d < D; ++d) a[d] += p * static_cast<float>(b[d]);
 }
 
-// A slot's lines into L2 (T1), not L1 (T0): a prefetch into L1 holds one of L1's few miss
-// buffers until its line arrives, and a block's worth of them stalled the loads of the
-// block being computed. On a 2-core EPYC (Zen 4), 30 layers of 16 sequences x 170
-// positions (63 MB of bf16 keys and values, scattered blocks): 6.2-6.5 ms with T0,
-// 4.1-4.5 with T1 (4.5 also prefetching two blocks ahead; 7.4-9.3 with no prefetch).
+// A slot's lines into L2 (vec.h's prefetch_l2).
 template <typename T>
 inline void prefetch_slot(const T* p, int64_t bytes) {
-#if defined(LEVANT_ATTN_SIMD)
-  for (int64_t off = 0; off < bytes; off += 64)
-    _mm_prefetch(reinterpret_cast<const char*>(p) + off, _MM_HINT_T1);
-#endif
+  prefetch_l2(p, bytes);
 }
 
 // The GQ query heads of one kv head against one key (scores) and one value (accumulate):
@@ -234,7 +227,7 @@ inline void block_scores_bf16(const uint16_t* qh, const uint16_t* ql, const c10:
 #pragma GCC unroll 16
           for (int i = 0; i < 16; ++i)
             if (i < m) {
-              if (fetch != nullptr)
+              if (fetch != nullptr)  // prefetch_l2's loop, over this pass's share of lines
                 for (int64_t l = l0; l < l1; ++l)
                   _mm_prefetch(fetch + i * slot_stride * 2 + 64 * l, _MM_HINT_T1);
               const __m512bh ki = (__m512bh)_mm512_loadu_si512(k + i * slot_stride);
@@ -314,8 +307,8 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
                                                      slot_stride, g0, heads_per_task, D,
                                                      s.data(), block_size);
             });
-        if (!unrolled)
 #endif
+        if (!unrolled)
           unrolled = with_group_size(G, [&](auto gq) {
             block_scores<decltype(gq)::value>(qf.data(), base, next, n, slot_stride, g0,
                                               heads_per_task, D, s.data(), block_size);

@@ -1,8 +1,9 @@
 // The float vector helpers the attention kernels share (decode_attention.cpp,
 // prefill_attention.cpp): vec is a 16-lane register with AVX-512, an 8-lane one with AVX2
 // (with FMA); v* are the operations on it, vexp a vector exp, exp_shifted a softmax's
-// exponentials. LEVANT_ATTN_SIMD says whether there is a vector path at all (else the
-// kernels take their plain loops).
+// exponentials, prefetch_l2 the prefetch of the keys and values they read next.
+// LEVANT_ATTN_SIMD says whether there is a vector path at all (else the kernels take
+// their plain loops).
 #pragma once
 
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
@@ -108,6 +109,21 @@ inline vec vexp(vec x) {
   return vmul(y, vpow2i(n));
 }
 #endif
+
+// The cache lines of [p, p + bytes) into L2 (T1), not L1 (T0): a prefetch into L1 holds
+// one of L1's few miss buffers until its line arrives, and a block's worth of them stalled
+// the loads of the block being computed. On a 2-core EPYC (Zen 4), decode attention over
+// 30 layers of 16 sequences x 170 positions (63 MB of bf16 keys and values, scattered
+// blocks): 6.2-6.5 ms with T0, 4.1-4.5 with T1 (4.5 also prefetching two blocks ahead;
+// 7.4-9.3 with no prefetch).
+inline void prefetch_l2(const void* p, int64_t bytes) {
+#if defined(LEVANT_ATTN_SIMD)
+  for (int64_t off = 0; off < bytes; off += 64)
+    _mm_prefetch(static_cast<const char*>(p) + off, _MM_HINT_T1);
+#else
+  (void)p, (void)bytes;
+#endif
+}
 
 // s[i] = exp(s[i] - mx) for i < n; returns their sum.
 inline float exp_shifted(float* s, int64_t n, float mx) {
