@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "parallel.h"
 #include "vec.h"
 
 namespace {
@@ -266,9 +267,11 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
   // sequences to keep the threads busy (each slot's keys and values then stream once).
   const int64_t split = R >= 2 * at::get_num_threads() ? 1 : KVH;
   const int64_t heads_per_task = KVH / split;
-  at::parallel_for(0, R * split, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf, acc, m, l, s;
-    std::vector<uint16_t> qh, ql;  // qf's bf16 halves (LEVANT_ATTN_BF16)
+  // One task per chunk, handed out as threads ask (parallel.h); each thread's buffers
+  // live as long as it does, so a task allocates nothing.
+  parallel_chunks(R * split, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> qf, acc, m, l, s;
+    thread_local std::vector<uint16_t> qh, ql;  // qf's bf16 halves (LEVANT_ATTN_BF16)
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / split, g0 = (task % split) * heads_per_task;
       const int64_t nq = heads_per_task * G;  // query heads of this task: g0 * G ..

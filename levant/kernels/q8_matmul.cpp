@@ -28,6 +28,7 @@
 
 #include "amx.h"
 #include "ops.h"
+#include "parallel.h"
 #include "quantize_rows.h"
 
 namespace {
@@ -111,13 +112,6 @@ inline void amx_rows(const uint8_t* packed, const float* scales, const Quantized
 #endif
 
 #ifdef LEVANT_AVX2
-// The value, through an empty asm: GCC cannot reassociate the adds of a chain across it (it
-// rebalanced the chain into a tree whose live products spilled to the stack).
-inline __m256i opaque(__m256i v) {
-  asm("" : "+x"(v));
-  return v;
-}
-
 // Rows r0 .. r0 + MT - 1 of outputs 16 t + 8 h .. 16 t + 8 h + 7 (bytes 32 h .. 32 h + 31 of
 // each quad's 64). Without VNNI: the signed weight w = byte ^ 0x80, and |w| times x with w's
 // sign (vpsignb) through vpmaddubsw (pairs of at most 2 * 127 * 127, inside int16), then
@@ -141,7 +135,7 @@ inline void half_rows(const uint8_t* packed, const float* scales, const Quantize
       for (int r = 0; r < MT; ++r) {
         const int32_t* xr = reinterpret_cast<const int32_t*>(xq.q.data() + (r0 + r) * K + g * GROUP);
         const __m256i pairs = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_set1_epi32(xr[p]), ws));
-        dot[r] = opaque(_mm256_add_epi32(dot[r], _mm256_madd_epi16(pairs, ones)));
+        dot[r] = levant_kernels::opaque(_mm256_add_epi32(dot[r], _mm256_madd_epi16(pairs, ones)));
       }
     }
     for (int r = 0; r < MT; ++r) {
@@ -221,7 +215,7 @@ void q8_matmul_into(const float* x, int64_t M, int64_t K, const uint8_t* w, cons
   }
 #endif
   const QuantizedRows xq = quantize_rows(x, M, K);
-  at::parallel_for(0, N / TILE, 8, [&](int64_t begin, int64_t end) {
+  levant_kernels::parallel_chunks(N / TILE, levant_kernels::chunk_for(N / TILE, 8), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
 #ifdef LEVANT_VNNI
       for_row_chunks<ROWS>(M, [&](int64_t r0, auto mt) {

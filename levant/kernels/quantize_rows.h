@@ -19,6 +19,17 @@
 #include <immintrin.h>
 #endif
 
+#if defined(LEVANT_AVX2)
+namespace levant_kernels {
+// The value, through an empty asm: GCC cannot reassociate a chain of adds across it (it
+// rebalanced the AVX2 kernels' chains into trees whose live products spilled to the stack).
+inline __m256i opaque(__m256i v) {
+  asm("" : "+x"(v));
+  return v;
+}
+}  // namespace levant_kernels
+#endif
+
 #if defined(LEVANT_VNNI)
 namespace levant_kernels {
 // acc += w (64 unsigned bytes) . 4 signed bytes at x, broadcast to the 16 lanes: one
