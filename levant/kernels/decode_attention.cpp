@@ -268,10 +268,17 @@ void decode_attention(const Q* q, const T* cache, const int64_t* tables, const i
   const int64_t split = R >= 2 * at::get_num_threads() ? 1 : KVH;
   const int64_t heads_per_task = KVH / split;
   // One task per chunk, handed out as threads ask (parallel.h); each thread's buffers
-  // live as long as it does, so a task allocates nothing.
+  // live as long as it does, so a task allocates nothing (and they are looked up once
+  // per task: every use of a thread_local in a shared library is a __tls_get_addr call).
+  struct Scratch {
+    std::vector<float> qf, acc, m, l, s;
+    std::vector<uint16_t> qh, ql;  // qf's bf16 halves (LEVANT_ATTN_BF16)
+  };
   parallel_chunks(R * split, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> qf, acc, m, l, s;
-    thread_local std::vector<uint16_t> qh, ql;  // qf's bf16 halves (LEVANT_ATTN_BF16)
+    thread_local Scratch scratch;
+    Scratch& sc = scratch;
+    auto &qf = sc.qf, &acc = sc.acc, &m = sc.m, &l = sc.l, &s = sc.s;
+    auto &qh = sc.qh, &ql = sc.ql;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / split, g0 = (task % split) * heads_per_task;
       const int64_t nq = heads_per_task * G;  // query heads of this task: g0 * G ..
