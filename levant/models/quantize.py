@@ -67,6 +67,11 @@ class _WeightOnlyLinear(nn.Module, abc.ABC):
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
         """(M, in) -> (M, out) with the quantized kernel (which casts x as it needs)."""
 
+    @abc.abstractmethod
+    def runs_levant_kernel(self) -> bool:
+        """Whether the quantized kernel is Levant's (levant::q4_matmul or q8_matmul), not
+        PyTorch's."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (M, in)
         if self.dense is not None and x2.shape[0] > self.dense_above:
@@ -98,6 +103,9 @@ class Int8Linear(_WeightOnlyLinear):
         self.register_buffer("q8_scales", q8[1])
         # The same quantized values, dequantized, for large steps (None: int8 only).
         self.dense = PackedBF16(q.float() * self.scales.float()[:, None]) if dense else None
+
+    def runs_levant_kernel(self) -> bool:
+        return self.q8_packed is not None
 
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
         if self.q8_packed is not None:
@@ -149,6 +157,9 @@ class Int4Linear(_WeightOnlyLinear):
         if dense:  # dequantized from the bf16 scales, as the kernel does
             s, z = sz.float().unbind(-1)
             self.dense = PackedBF16(((q - 8) * s[..., None] + z[..., None]).view(out, k))
+
+    def runs_levant_kernel(self) -> bool:
+        return self.q4_packed is not None
 
     def _quantized_mm(self, x: torch.Tensor) -> torch.Tensor:
         if self.q4_packed is not None:
@@ -273,7 +284,7 @@ def tune_dense_above(
     chosen: dict[tuple[int, int], int] = {}
     for shape, layers in by_shape.items():
         rows = TUNE_ROWS[-1]
-        for i, n in enumerate(TUNE_ROWS):
+        for i, n in enumerate(TUNE_ROWS if _dense_can_win(layers) else ()):
             x = torch.randn(n, shape[1])
             if _best_ms(layers, True, x, repeats) * margin < _best_ms(layers, False, x, repeats):
                 rows = TUNE_ROWS[i - 1] if i else 0
@@ -284,6 +295,17 @@ def tune_dense_above(
                 layer.dense = None
         chosen[shape] = rows
     return chosen
+
+
+def _dense_can_win(layers: list[_WeightOnlyLinear]) -> bool:
+    """Whether timing these layers' dense copies against their quantized kernel can come out
+    for the copies: not where every layer runs one of Levant's kernels and its copy is a
+    plain bf16 matrix (no oneDNN bf16 path on this CPU, so ``F.linear``'s bf16 loops). On a
+    2-core Zen 3 (AVX2 only) those never won for any SmolLM2 shape up to 256 rows, and
+    timing them was most of an engine's start-up (warm-up 52.7 s, 0.1 s without)."""
+    return not all(
+        m.runs_levant_kernel() and m.dense is not None and not m.dense.packed for m in layers
+    )
 
 
 def _best_ms(layers: list[_WeightOnlyLinear], dense: bool, x: torch.Tensor, repeats: int) -> float:

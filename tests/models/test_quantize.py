@@ -208,6 +208,7 @@ def dense_wins_from(
         return 1.0 if dense == dense_wins else 2.0
 
     monkeypatch.setattr("levant.models.quantize._best_ms", timed)
+    monkeypatch.setattr("levant.models.quantize._dense_can_win", lambda layers: True)
 
 
 def test_tuning_picks_a_row_count_per_shape_and_keeps_the_arithmetic(
@@ -260,12 +261,42 @@ def test_a_margin_keeps_the_quantized_kernel_where_the_dense_copy_barely_wins(
         return 1.8 if layers[0].in_features == 128 else 1.0  # 10% faster, 2x faster
 
     monkeypatch.setattr("levant.models.quantize._best_ms", timed)
+    monkeypatch.setattr("levant.models.quantize._dense_can_win", lambda layers: True)
     assert tune_dense_above(model, repeats=1, margin=1.3) == {
         (256, 128): TUNE_ROWS[-1],
         (128, 256): 0,
     }
     model, _ = tuning_model()  # fresh copies: without a margin, both dense copies win
     assert tune_dense_above(model, repeats=1) == {(256, 128): 0, (128, 256): 0}
+
+
+def test_tuning_drops_plain_bf16_copies_beside_levants_kernels_untimed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where every layer of a shape runs Levant's kernel and its copy is a plain bf16
+    matrix (a CPU without oneDNN's bf16 path), the copies are dropped without timing them;
+    one oneDNN-packed copy among them and the shape is timed as before."""
+    model, x = tuning_model()
+    layers = quantized_layers(model)
+    if not all(m.runs_levant_kernel() for m in layers):
+        pytest.skip("Levant's int4 and int8 kernels do not run on this CPU")
+    expected = model(x)
+    timed_shapes: list[tuple[int, int]] = []
+
+    def timed(layers: list[Any], dense: bool, x: torch.Tensor, repeats: int) -> float:
+        timed_shapes.append((layers[0].out_features, layers[0].in_features))
+        return 2.0 if dense else 1.0  # the quantized kernel wins
+
+    monkeypatch.setattr("levant.models.quantize._best_ms", timed)
+    for m in layers[:3]:
+        assert m.dense is not None
+        m.dense.packed = False  # as on a CPU without oneDNN bf16 (never called: dropped)
+    layers[1].dense.packed = True  # type: ignore[union-attr]  # the (128, 256) shape: oneDNN's
+    chosen = tune_dense_above(model, repeats=1)
+    assert chosen == {(256, 128): TUNE_ROWS[-1], (128, 256): TUNE_ROWS[-1]}
+    assert set(timed_shapes) == {(128, 256)}  # the plain copies' shape was never timed
+    assert dense_copy_bytes(model) == 0
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
 
 def test_tuning_with_real_timings_sets_a_timed_row_count() -> None:
