@@ -276,7 +276,8 @@ def tune_dense_above(
     without AMX: all of them, ~270 MB). The dense copy wins at n rows when its time times
     ``margin`` is below the quantized kernel's: above 1 where switching to it costs more
     than the two matmuls (the engine's fused step, which runs only quantized kernels).
-    Returns {(out, in): rows}."""
+    A shape whose copies cannot win (``_dense_can_win``) is not timed: its copies are
+    dropped at once. Returns {(out, in): rows}."""
     by_shape: dict[tuple[int, int], list[_WeightOnlyLinear]] = {}
     for m in quantized_layers(model):
         if m.dense is not None:
