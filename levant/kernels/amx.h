@@ -22,6 +22,9 @@
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#if defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#define LEVANT_AMX_BF16 1  // bf16 tile products too (prefill attention's scores)
+#endif
 #endif
 
 #include <atomic>
@@ -73,6 +76,31 @@ struct TileScope {
   TileScope(const TileScope&) = delete;
   TileScope& operator=(const TileScope&) = delete;
 };
+
+#ifdef LEVANT_AMX_BF16
+// Every tile 16 rows x 64 bytes (bf16: 16 x 32 values; float32 sums: 16 x 16), for the
+// bf16 tile products of prefill attention.
+struct alignas(64) Bf16TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+  Bf16TileConfig() {
+    for (int i = 0; i < 8; ++i) colsb[i] = 64, rows[i] = 16;
+  }
+};
+
+// TileScope for Bf16TileConfig.
+struct Bf16TileScope {
+  Bf16TileScope() {
+    static const Bf16TileConfig config;
+    _tile_loadconfig(&config);
+  }
+  ~Bf16TileScope() { _tile_release(); }
+  Bf16TileScope(const Bf16TileScope&) = delete;
+  Bf16TileScope& operator=(const Bf16TileScope&) = delete;
+};
+#endif
 
 // The (16, 16) int32 products of groups 0 .. G - 1 (16 rows of activations at a + 32 g,
 // lda bytes apart; the group's 8 x 64 weight bytes at b + b_step g), each handed to
