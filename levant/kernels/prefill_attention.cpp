@@ -324,7 +324,13 @@ void prefill_attention(const float* q, const T* cache, const int64_t* table, flo
         const bool hide = kp0 + n - 1 > first || (window > 0 && kp0 <= last - window);
         softmax_tile(st.data(), n, MQ, kp0, lo.data(), hi.data(), hide, m.data(), l.data(),
                      corr.data());
-        matmul(st.data(), 1, MQ, vf.data(), D, o.data(), D, MQ, D, n, corr.data());
+        if (nq == TQ) {
+          matmul(st.data(), 1, MQ, vf.data(), D, o.data(), D, MQ, D, n, corr.data());
+        } else {  // a partial tile (the chunk's last): only its queries' lanes, head by head
+          for (int64_t h = 0; h < G; ++h)
+            matmul(st.data() + h * TQ, 1, MQ, vf.data(), D, o.data() + h * TQ * D, D, nq, D, n,
+                   corr.data() + h * TQ);
+        }
       }
       for (int64_t h = 0; h < G; ++h)
         for (int64_t i = 0; i < nq; ++i) {
