@@ -27,7 +27,7 @@ from levant.engine.scheduler import Scheduler
 from levant.engine.stats import EngineMetrics, EngineStats
 from levant.models.config import ModelConfig
 from levant.models.paged_attention import PagedKVCache
-from levant.models.quantize import tune_dense_above
+from levant.models.quantize import tune_dense_above, warm_up_dense
 from levant.models.transformer import Transformer
 
 __all__ = ["ContextLengthExceeded", "LLMEngine"]
@@ -90,14 +90,16 @@ class LLMEngine:
         self.tokens_per_second = 0.0  # computed tokens, moving average over recent steps
 
     def warm_up(self) -> None:
-        """Choose the quantized layers' kernels by row count, compile what is compiled and
-        hand the memory that loading freed back to the OS, on the calling thread (the one
+        """Choose the quantized layers' kernels by row count, generate oneDNN's kernels for
+        the dense copies kept (``warm_up_dense``), compile what is compiled and hand the
+        memory that loading freed back to the OS, on the calling thread (the one
         that will step: kernel timings and Inductor's kernels depend on that thread's torch
         thread count)."""
         fused = self.runner.fused
         chosen = tune_dense_above(self.model)
         if chosen:
             log.info("quantized kernels up to %s rows (by matrix shape), dense bf16 beyond", chosen)
+        warm_up_dense(self.model, self.scheduler.max_num_batched_tokens)
         compiled = self.runner.compiled
         if fused is not None:
             fused.refresh()

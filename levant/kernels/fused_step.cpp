@@ -124,9 +124,17 @@ void store(T* dst, const float* src, int64_t n) {
 // y (M, N) float32 = bf16(x) (M, K) @ w^T for a dense bf16 copy w: oneDNN's matmul on its
 // packed weight (what PackedBF16 calls from Python), or at::linear on a plain matrix. The
 // casts are this file's row loops (ATen's copies took an eighth of a 512-token prefill).
+// oneDNN's matmul runs M rounded up to ROW_STEP (zero rows past M), as PackedBF16 does:
+// its kernels are generated per row count, once, and a row count first seen inside a step
+// cost that step the generation (SmolLM2's four shapes: 1.5 ms at 28 rows, 8.7 ms at 236
+// on a 2-core Xeon), where these few counts are generated at warm-up.
+constexpr int64_t ROW_STEP = 16;
+
 void dense_matmul(const float* x, int64_t M, int64_t K, const at::Tensor& w, int64_t N, float* y) {
-  at::Tensor xb = at::empty({M, K}, at::TensorOptions().dtype(at::kBFloat16));
+  const int64_t MP = w.is_mkldnn() ? (M + ROW_STEP - 1) / ROW_STEP * ROW_STEP : M;
+  at::Tensor xb = at::empty({MP, K}, at::TensorOptions().dtype(at::kBFloat16));
   c10::BFloat16* xbp = xb.data_ptr<c10::BFloat16>();
+  if (MP > M) std::memset(static_cast<void*>(xbp + M * K), 0, (MP - M) * K * sizeof(c10::BFloat16));
   for_rows(M, K, [&](int64_t r) {
     const float* xr = x + r * K;
     c10::BFloat16* o = xbp + r * K;
@@ -149,7 +157,7 @@ void dense_matmul(const float* x, int64_t M, int64_t K, const at::Tensor& w, int
   } else {
     out = at::linear(xb, w);
   }
-  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && out.numel() == M * N,
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && out.numel() == MP * N,
               "the dense matmul gave an unexpected result");
   const uint16_t* ob = reinterpret_cast<const uint16_t*>(out.data_ptr<c10::BFloat16>());
   for_rows(M, N, [&](int64_t r) {

@@ -19,6 +19,11 @@ import torch
 import torch.nn.functional as F
 
 PACK_FOR_ROWS = 16  # the row count oneDNN chooses the packed layout for (any M runs)
+# oneDNN generates a kernel per row count the first time it sees it (SmolLM2's four shapes
+# on a 2-core Xeon: 1.5 ms at 28 rows, 8.7 ms at 236, inside whichever step first has
+# them), so rows are padded with zeros to a multiple of ROW_STEP (as levant::fused_step's
+# dense path does) and ``warm_up`` generates those few counts ahead.
+ROW_STEP = 16
 
 
 @functools.cache
@@ -47,7 +52,21 @@ class PackedBF16:
         if torch.compiler.is_compiling():  # Inductor cannot lower the oneDNN op itself
             y: torch.Tensor = packed_linear(x, self.weight)
             return y
+        m = x.shape[0]
+        if m % ROW_STEP:
+            x = F.pad(x, (0, 0, 0, ROW_STEP - m % ROW_STEP))
+            return _packed_linear(x, self.weight)[:m]
         return _packed_linear(x, self.weight)
+
+    def warm_up(self, max_rows: int, above: int = 0) -> None:
+        """Generate oneDNN's kernels for every padded row count past ``above`` up to
+        ``max_rows`` (no-op without oneDNN)."""
+        if not self.packed:
+            return
+        first = (above // ROW_STEP + 1) * ROW_STEP
+        with torch.inference_mode():
+            for m in range(first, max_rows + ROW_STEP, ROW_STEP):
+                _packed_linear(torch.zeros(m, self.in_features, dtype=torch.bfloat16), self.weight)
 
     def nbytes(self) -> int:
         return self.out_features * self.in_features * 2

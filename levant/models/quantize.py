@@ -298,6 +298,19 @@ def tune_dense_above(
     return chosen
 
 
+def warm_up_dense(model: nn.Module, max_rows: int) -> int:
+    """Generate oneDNN's kernels for the dense copies kept by ``tune_dense_above``, at every
+    padded row count a step of up to ``max_rows`` rows can give them (``PackedBF16.warm_up``),
+    once per matrix shape. Returns the shapes warmed."""
+    seen: set[tuple[int, int]] = set()
+    for m in quantized_layers(model):
+        shape = (m.out_features, m.in_features)
+        if m.dense is not None and shape not in seen:
+            seen.add(shape)
+            m.dense.warm_up(max_rows, m.dense_above)
+    return len(seen)
+
+
 def _dense_can_win(layers: list[_WeightOnlyLinear]) -> bool:
     """Whether timing these layers' dense copies against their quantized kernel can come out
     for the copies: not where every layer runs one of Levant's kernels and its copy is a

@@ -18,7 +18,7 @@ import torch
 from gguf import GGUFReader
 from torch import nn
 
-from levant.models.dense_linear import PackedBF16, onednn_bf16
+from levant.models.dense_linear import ROW_STEP, PackedBF16, onednn_bf16
 from levant.models.loaders import load_checkpoint
 from levant.models.quantize import (
     DENSE_ABOVE,
@@ -180,6 +180,21 @@ def test_packed_bf16_is_the_bf16_matmul(rows: int) -> None:
     got = packed(x.bfloat16())
     assert got.dtype == torch.bfloat16 and got.shape == (rows, 80)
     torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_packed_bf16_pads_rows_and_warms_up_their_counts() -> None:
+    """oneDNN runs a row count padded to a multiple of ROW_STEP with zero rows: each row's
+    result is the one it gets in a full multiple (the padding rows change nothing), and
+    warm_up runs every padded count past ``above`` (a no-op where oneDNN is missing)."""
+    g = torch.Generator().manual_seed(9)
+    weight, x = torch.randn(48, 64, generator=g), torch.randn(2 * ROW_STEP, 64, generator=g)
+    packed = PackedBF16(weight)
+    packed.warm_up(max_rows=3 * ROW_STEP, above=ROW_STEP - 1)
+    full = packed(x.bfloat16())
+    for rows in (ROW_STEP + 1, 2 * ROW_STEP - 3):
+        got = packed(x[:rows].bfloat16())
+        assert got.shape == (rows, 48)
+        torch.testing.assert_close(got, full[:rows], rtol=0, atol=0)
 
 
 def tuning_model() -> tuple[nn.Sequential, torch.Tensor]:
