@@ -24,8 +24,10 @@
 // with blocks of a multiple of 16 keys, the scores of each 16 keys are tile products read
 // straight from the cache (no conversion to float32): the queries split into bf16 halves
 // (hi + lo, so nothing a float32 product would keep is lost, as in decode attention), the
-// sums in float32. 30 layers of 9 query heads over 3 kv heads on a 2-core Xeon: 28 queries
-// after 976 cached positions 9.6 -> 7.9 ms, 256 after 768 72 -> 56 ms.
+// sums in float32; and P V too: the weights transposed into tiles of 16 lanes x 32 keys,
+// split hi + lo the same way, the values (exact in bf16) interleaved in key pairs from the
+// cache. 30 layers of 9 query heads over 3 kv heads on a 2-core Xeon: 28 queries after 976
+// cached positions 9.6 -> 7.3 ms, 256 after 768 72 -> 47 ms.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -238,6 +240,114 @@ void scores_amx(const c10::BFloat16* cache, const int64_t* table, int64_t bs, in
   }
 }
 #undef LEVANT_QUERY_PRODUCTS
+inline void transpose16(const __m512* v, __m512* t) {
+  __m512 a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    a[i] = _mm512_unpacklo_ps(v[i], v[i + 1]);
+    a[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int k = 0; k < 2; ++k) {
+      const __m512d x = _mm512_castps_pd(a[i + k]), y = _mm512_castps_pd(a[i + k + 2]);
+      b[i + k] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+      b[i + k + 2] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+    }
+  // b[4 q + k]: in 128-bit lane L, rows 4 q .. 4 q + 3 of column 4 L + col[k].
+  constexpr int col[4] = {0, 2, 1, 3};
+  for (int k = 0; k < 4; ++k) {
+    const __m512 x0 = _mm512_shuffle_f32x4(b[k], b[4 + k], 0x88);    // lanes 0, 2 of q 0, 1
+    const __m512 x1 = _mm512_shuffle_f32x4(b[k], b[4 + k], 0xDD);    // lanes 1, 3
+    const __m512 y0 = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0x88);
+    const __m512 y1 = _mm512_shuffle_f32x4(b[8 + k], b[12 + k], 0xDD);
+    t[col[k]] = _mm512_shuffle_f32x4(x0, y0, 0x88);       // lane 0
+    t[8 + col[k]] = _mm512_shuffle_f32x4(x0, y0, 0xDD);   // lane 2
+    t[4 + col[k]] = _mm512_shuffle_f32x4(x1, y1, 0x88);   // lane 1
+    t[12 + col[k]] = _mm512_shuffle_f32x4(x1, y1, 0xDD);  // lane 3
+  }
+}
+
+
+// O (lanes x D, float32, already rescaled) += P V on AMX-BF16 tiles, for the n keys of a
+// key tile whose value rows are vrows: P (S^T after softmax_tile, n keys x MQ lanes) is
+// transposed into tiles of 16 lanes x 32 keys, split into bf16 halves hi + lo as the
+// queries are; the values (exact in bf16) are interleaved in key pairs. Keys past n count
+// as zero weights and zero values. Tiles: 0, 1 (hi, lo) and 3, 4 the weights of keys
+// 0-31 and 32-63; 2, 7 two of the output's tiles of 16 lanes x 16 dims; 5, 6 their values.
+template <int G>
+void values_amx(const c10::BFloat16* const* vrows, int64_t n, int64_t D, const float* st,
+                int64_t MQ, float* o, uint16_t* ptiles, uint16_t* vtiles) {
+  const int64_t nks = (n + 31) / 32, DC = D / 16;
+  auto widen = [](__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  };
+  for (int64_t h = 0; h < G; ++h)
+    for (int64_t ks = 0; ks < nks; ++ks) {
+      __m512 v[16], t1[16], t2[16];
+      for (int j = 0; j < 16; ++j) {
+        const int64_t k = 32 * ks + j;
+        v[j] = k < n ? _mm512_loadu_ps(st + k * MQ + h * TQ) : _mm512_setzero_ps();
+      }
+      transpose16(v, t1);
+      for (int j = 0; j < 16; ++j) {
+        const int64_t k = 32 * ks + 16 + j;
+        v[j] = k < n ? _mm512_loadu_ps(st + k * MQ + h * TQ) : _mm512_setzero_ps();
+      }
+      transpose16(v, t2);
+      uint16_t* hi = ptiles + ((h * 2 + ks) * 2) * 512;
+      for (int l = 0; l < 16; ++l) {
+        const __m256i h1 = (__m256i)_mm512_cvtneps_pbh(t1[l]), h2 = (__m256i)_mm512_cvtneps_pbh(t2[l]);
+        _mm512_storeu_si512(hi + 32 * l, _mm512_inserti64x4(_mm512_castsi256_si512(h1), h2, 1));
+        const __m512 l1 = _mm512_sub_ps(t1[l], widen(h1)), l2 = _mm512_sub_ps(t2[l], widen(h2));
+        _mm512_storeu_si512(hi + 512 + 32 * l, (__m512i)_mm512_cvtne2ps_pbh(l2, l1));
+      }
+    }
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                              24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+                                              1, 16, 0);
+  for (int64_t ks = 0; ks < nks; ++ks)
+    for (int64_t kp = 0; kp < 16; ++kp) {
+      const int64_t k0 = 32 * ks + 2 * kp, k1 = k0 + 1;
+      for (int64_t dc = 0; dc < DC; ++dc) {
+        const __m256i a = k0 < n ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vrows[k0] + 16 * dc))
+                                 : _mm256_setzero_si256();
+        const __m256i b = k1 < n ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(vrows[k1] + 16 * dc))
+                                 : _mm256_setzero_si256();
+        _mm512_storeu_si512(vtiles + (ks * DC + dc) * 512 + 32 * kp,
+                            _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1)));
+      }
+    }
+  for (int64_t h = 0; h < G; ++h) {
+    const uint16_t* pt = ptiles + h * 2 * 2 * 512;
+    _tile_loadd(0, pt, 64);
+    _tile_loadd(1, pt + 512, 64);
+    if (nks > 1) {
+      _tile_loadd(3, pt + 1024, 64);
+      _tile_loadd(4, pt + 1536, 64);
+    }
+    for (int64_t dc = 0; dc < DC; dc += 2) {  // two output tiles at a time (D / 16 is even)
+      float* out = o + h * TQ * D + 16 * dc;
+      _tile_loadd(2, out, D * 4);
+      _tile_loadd(7, out + 16, D * 4);
+      _tile_loadd(5, vtiles + dc * 512, 64);
+      _tile_loadd(6, vtiles + (dc + 1) * 512, 64);
+      _tile_dpbf16ps(2, 0, 5);
+      _tile_dpbf16ps(7, 0, 6);
+      _tile_dpbf16ps(2, 1, 5);
+      _tile_dpbf16ps(7, 1, 6);
+      if (nks > 1) {
+        _tile_loadd(5, vtiles + (DC + dc) * 512, 64);
+        _tile_loadd(6, vtiles + (DC + dc + 1) * 512, 64);
+        _tile_dpbf16ps(2, 3, 5);
+        _tile_dpbf16ps(7, 3, 6);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_dpbf16ps(7, 4, 6);
+      }
+      _tile_stored(2, out, D * 4);
+      _tile_stored(7, out + 16, D * 4);
+    }
+  }
+}
+
 #undef LEVANT_QUERY_PRODUCT
 #endif
 
@@ -265,10 +375,13 @@ void prefill_attention(const float* q, const T* cache, const int64_t* table, flo
     std::vector<float> m(MQ), l(MQ), corr(MQ), lo(MQ), hi(MQ);
 #ifdef LEVANT_AMX_BF16
     std::optional<levant_kernels::Bf16TileScope> tile_state;
-    std::vector<uint16_t> qtiles;
+    std::vector<uint16_t> qtiles, ptiles, vtiles;
+    std::vector<const c10::BFloat16*> vrows(KT);
     if (amx) {
       tile_state.emplace();
       qtiles.resize(G * (D / 32) * 2 * 512);
+      ptiles.resize(G * 2 * 2 * 512);
+      vtiles.resize(2 * (D / 16) * 512);
     }
 #endif
     for (int64_t task; (task = next.fetch_add(1)) < tasks;) {
@@ -307,8 +420,14 @@ void prefill_attention(const float* q, const T* cache, const int64_t* table, flo
             prefetch_l2(ahead + g * D, D * static_cast<int64_t>(sizeof(T)));
             prefetch_l2(ahead + (KVH + g) * D, D * static_cast<int64_t>(sizeof(T)));
           }
-          if (!tile_scores) to_float(row + g * D, kf.data() + k * D, D);
-          to_float(row + (KVH + g) * D, vf.data() + k * D, D);
+          if (tile_scores) {
+#ifdef LEVANT_AMX_BF16
+            if constexpr (std::is_same_v<T, c10::BFloat16>) vrows[k] = row + (KVH + g) * D;
+#endif
+          } else {
+            to_float(row + g * D, kf.data() + k * D, D);
+            to_float(row + (KVH + g) * D, vf.data() + k * D, D);
+          }
         }
         if (tile_scores) {
 #ifdef LEVANT_AMX_BF16
@@ -324,7 +443,18 @@ void prefill_attention(const float* q, const T* cache, const int64_t* table, flo
         const bool hide = kp0 + n - 1 > first || (window > 0 && kp0 <= last - window);
         softmax_tile(st.data(), n, MQ, kp0, lo.data(), hi.data(), hide, m.data(), l.data(),
                      corr.data());
-        if (nq == TQ) {
+        if (tile_scores) {
+#ifdef LEVANT_AMX_BF16
+          if constexpr (std::is_same_v<T, c10::BFloat16>) {
+            for (int64_t r = 0; r < MQ; ++r)
+              for (int64_t d = 0; d < D; d += 16)
+                _mm512_storeu_ps(o.data() + r * D + d,
+                                 _mm512_mul_ps(_mm512_loadu_ps(o.data() + r * D + d), _mm512_set1_ps(corr[r])));
+            auto values = G == 1 ? values_amx<1> : G == 2 ? values_amx<2> : values_amx<3>;
+            values(vrows.data(), n, D, st.data(), MQ, o.data(), ptiles.data(), vtiles.data());
+          }
+#endif
+        } else if (nq == TQ) {
           matmul(st.data(), 1, MQ, vf.data(), D, o.data(), D, MQ, D, n, corr.data());
         } else {  // a partial tile (the chunk's last): only its queries' lanes, head by head
           for (int64_t h = 0; h < G; ++h)
