@@ -521,7 +521,17 @@ void prefill_attention_f32(const float* q, const at::Tensor& kv_cache, const int
 
 }  // namespace levant_kernels
 
+// Whether this build and process take the AMX-BF16 tile path for a bf16 cache (tests).
+bool prefill_attention_tiles() {
+#ifdef LEVANT_AMX_BF16
+  return levant_kernels::amx_on();
+#else
+  return false;
+#endif
+}
+
 TORCH_LIBRARY_FRAGMENT(levant, m) {
+  m.def("prefill_attention_tiles() -> bool", &prefill_attention_tiles);
   m.def(
       "paged_prefill_attention(Tensor q, Tensor kv_cache, Tensor block_table, int cached, "
       "int window, int block_size, float scale) -> Tensor");

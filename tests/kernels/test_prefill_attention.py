@@ -77,6 +77,38 @@ def test_matches_gather_then_sdpa(
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
+def tiles_here() -> bool:
+    return kernels.load() and bool(torch.ops.levant.prefill_attention_tiles())
+
+
+@pytest.mark.skipif(not tiles_here(), reason="no AMX-BF16 here (or the kernel does not grant it)")
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "T", "cached"),
+    [(9, 3, 28, 976), (9, 3, 256, 0), (4, 4, 7, 40), (8, 4, 33, 100), (6, 2, 70, 5)],
+)
+def test_amx_tiles_and_float32_loops_agree(heads: int, kv_heads: int, T: int, cached: int) -> None:
+    """With AMX on, a bf16 cache's scores and P V are tile products (queries and weights
+    split into bf16 halves); with it off, float32 loops. Both match the reference as
+    closely, and the switch does change the path (the two differ in the last bits)."""
+    g = torch.Generator().manual_seed(T + cached)
+    bs, num_blocks, head_dim = 16, 80, 64
+    cache = torch.randn(num_blocks * bs, 2 * kv_heads, head_dim, generator=g).bfloat16()
+    table = torch.randperm(num_blocks, generator=g)[: -(-(cached + T) // bs)]
+    q = torch.randn(T, heads, head_dim, generator=g)
+    op = torch.ops.levant
+    previous = op.set_amx(True)
+    try:
+        tiles = op.paged_prefill_attention(q, cache, table, cached, 0, bs, head_dim**-0.5)
+        op.set_amx(False)
+        loops = op.paged_prefill_attention(q, cache, table, cached, 0, bs, head_dim**-0.5)
+    finally:
+        op.set_amx(previous)
+    want = reference(q, cache, table, cached, 0, bs)
+    torch.testing.assert_close(tiles, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loops, want, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(tiles, loops)
+
+
 def test_bad_input_is_refused_not_read() -> None:
     cache = torch.zeros(4 * 16, 2, 8)
     q = torch.zeros(3, 2, 8)
