@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     """Budget for all loaded models (weights + KV caches). Loading past it first unloads
     idle models, least recently used first; if that cannot make room, 503."""
 
+    gc_freeze: bool = False
+    """Move a loaded model's objects (and everything else alive then) out of the cyclic
+    garbage collector's full passes (``gc.freeze``), which walked ~400,000 objects for
+    150 ms with the GIL held, stalling every stream; unloading a model thaws first.
+    ``levant serve`` turns it on unless LEVANT_GC_FREEZE is set."""
+
     max_batched_tokens: int = 256
     """Token budget of one engine step (prefill chunks and decode tokens together)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import lru_cache
@@ -76,6 +77,8 @@ def serve(
         overrides["region"] = region
     if routing is not None:
         overrides["routing_config"] = routing
+    if "LEVANT_GC_FREEZE" not in os.environ:  # a long-lived server: no full GC passes
+        overrides["gc_freeze"] = True
     if overrides:
         settings = settings.model_copy(update=overrides)
     host = host or settings.host

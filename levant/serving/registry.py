@@ -32,6 +32,7 @@ from levant.config import Settings
 from levant.embeddings import EmbeddingService, load_embedding_service
 from levant.engine.async_engine import AsyncEngine, single_threaded
 from levant.engine.core import LLMEngine
+from levant.engine.memory import freeze_heap, thaw_heap
 from levant.models.loaders import load_checkpoint
 from levant.models.quantize import dense_copy_bytes, quantize_int4, quantize_int8
 from levant.models.tokenizers.loader import load_tokenizer
@@ -166,6 +167,11 @@ class ModelRegistry:
             self._services[card.id] = service
             self._bytes[card.id] = service_bytes(service)
             self._last_used[card.id] = self.clock()
+            if self.settings.gc_freeze:
+                took = freeze_heap()
+                log.info(
+                    "froze the heap after loading %s (a %.0f ms collection)", card.id, took * 1e3
+                )
             return service
 
     def _estimate_bytes(self, card: ModelCard, path: Path) -> int:
@@ -219,6 +225,10 @@ class ModelRegistry:
         self._bytes.pop(model_id, None)
         log.info("unloading %s (%s)", model_id, why)
         _shutdown(service)
+        if self.settings.gc_freeze:  # its cycles collectable, then the rest frozen again
+            del service
+            thaw_heap()
+            freeze_heap()
 
     def _load_generator(self, card: ModelCard, path: Path) -> ModelService:
         s = self.settings

@@ -6,6 +6,9 @@ temporary home), so the test loads two real models without a second download.
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,30 @@ async def test_idle_models_unload_after_keep_alive_and_pinned_ones_stay(
     again = await registry.get(COPY)  # loaded on demand once more
     assert isinstance(again, ModelService) and len(registry.loaded()) == 2
     registry.shutdown()
+
+
+async def test_a_frozen_heap_still_frees_an_unloaded_model(
+    tmp_path: Path, model_home: Path
+) -> None:
+    """With gc_freeze, loading a model freezes the heap (no full GC pass walks it), and
+    unloading still frees the model: its engine is gone after the unload, and what stays
+    loaded is frozen again."""
+    home, catalog = _home(tmp_path, model_home)
+    registry, clock = _registry(home, catalog, keep_alive_s=60, gc_freeze=True)
+    try:
+        service = await registry.get(COPY)
+        assert isinstance(service, ModelService) and gc.get_freeze_count() > 0
+        engine = weakref.ref(service.engine.engine)
+        del service
+        await asyncio.sleep(0)  # this step's wake-up (holding get()'s result) ends
+        clock.now += 61
+        assert registry.evict_idle() == [COPY]
+        gc.collect()
+        assert engine() is None
+        assert gc.get_freeze_count() > 0  # the rest refrozen
+    finally:
+        registry.shutdown()
+        gc.unfreeze()
 
 
 async def test_a_memory_budget_unloads_idle_models_but_never_busy_ones(
