@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     """Budget for all loaded models (weights + KV caches). Loading past it first unloads
     idle models, least recently used first; if that cannot make room, 503."""
 
+    engine_nice: int = 5
+    """Niceness added to each model's engine thread and its OpenMP team, so that the HTTP
+    event loop's wake-ups take a core at once (0: the same priority)."""
+
     gc_freeze: bool = False
     """Move a loaded model's objects (and everything else alive then) out of the cyclic
     garbage collector's full passes (``gc.freeze``), which walked ~400,000 objects for

@@ -260,7 +260,10 @@ class ModelRegistry:
             s.dtype,
         )
         async_engine = AsyncEngine(
-            engine, max_waiting_requests=s.max_waiting_requests, threads=s.threads
+            engine,
+            max_waiting_requests=s.max_waiting_requests,
+            threads=s.threads,
+            nice=s.engine_nice,
         )
         return ModelService(card, load_tokenizer(path), async_engine, timeout_s=s.request_timeout_s)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import AsyncGenerator, Iterator
 
 import pytest
@@ -198,3 +200,18 @@ async def test_a_failing_step_reaches_the_consumers_and_the_engine_goes_on(
     assert outs[-1].finished
     pool = engine.engine.kv.pool
     assert pool.num_free_blocks == pool.num_blocks
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread niceness here")
+def test_the_worker_runs_at_the_niceness_asked_for(tiny_model: Transformer) -> None:
+    """``nice`` lowers the engine worker's priority (and its OpenMP team's, which inherit
+    it) below the event loop's; the thread that built the engine keeps its own."""
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    eng = AsyncEngine(make_engine(tiny_model, max_num_seqs=1), nice=3)
+    try:
+        worker = eng._worker.native_id
+        assert worker is not None
+        assert os.getpriority(os.PRIO_PROCESS, worker) == min(base + 3, 19)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    finally:
+        eng.shutdown()
