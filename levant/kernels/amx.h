@@ -51,13 +51,17 @@ bool set_amx_on(bool on);
 void count_amx_matmul();
 
 #ifdef LEVANT_AMX
-// Tile registers: 0, 1 activations (16 x 32 bytes), 2, 3 weights (8 x 64 bytes), 4 .. 7
-// products (16 x 16 int32).
-struct alignas(64) TileConfig {
+// The tile configuration ldtilecfg reads (palette 1): each tile's bytes per row and rows.
+struct alignas(64) TileLayout {
   uint8_t palette = 1, start_row = 0;
   uint8_t reserved[14] = {};
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
+};
+
+// q8_matmul's tiles: 0, 1 activations (16 x 32 bytes), 2, 3 weights (8 x 64 bytes), 4 .. 7
+// products (16 x 16 int32).
+struct TileConfig : TileLayout {
   TileConfig() {
     for (int i = 0; i < 2; ++i) colsb[i] = 32, rows[i] = AMX_ROWS;
     for (int i = 2; i < 4; ++i) colsb[i] = 64, rows[i] = 8;
@@ -65,41 +69,29 @@ struct alignas(64) TileConfig {
   }
 };
 
-// Loads the tile configuration on this thread for the scope's tile products (a thread's
-// configuration is its own) and releases the tile state after them.
-struct TileScope {
-  TileScope() {
-    static const TileConfig config;
-    _tile_loadconfig(&config);
-  }
-  ~TileScope() { _tile_release(); }
-  TileScope(const TileScope&) = delete;
-  TileScope& operator=(const TileScope&) = delete;
-};
-
-#ifdef LEVANT_AMX_BF16
-// Every tile 16 rows x 64 bytes (bf16: 16 x 32 values; float32 sums: 16 x 16), for the
-// bf16 tile products of prefill attention.
-struct alignas(64) Bf16TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
+// Prefill attention's tiles: every one 16 rows x 64 bytes (bf16: 16 x 32 values; float32
+// sums: 16 x 16).
+struct Bf16TileConfig : TileLayout {
   Bf16TileConfig() {
     for (int i = 0; i < 8; ++i) colsb[i] = 64, rows[i] = 16;
   }
 };
 
-// TileScope for Bf16TileConfig.
-struct Bf16TileScope {
-  Bf16TileScope() {
-    static const Bf16TileConfig config;
+// Loads Config on this thread for the scope's tile products (a thread's configuration is
+// its own) and releases the tile state after them.
+template <typename Config>
+struct ConfiguredTiles {
+  ConfiguredTiles() {
+    static const Config config;
     _tile_loadconfig(&config);
   }
-  ~Bf16TileScope() { _tile_release(); }
-  Bf16TileScope(const Bf16TileScope&) = delete;
-  Bf16TileScope& operator=(const Bf16TileScope&) = delete;
+  ~ConfiguredTiles() { _tile_release(); }
+  ConfiguredTiles(const ConfiguredTiles&) = delete;
+  ConfiguredTiles& operator=(const ConfiguredTiles&) = delete;
 };
+using TileScope = ConfiguredTiles<TileConfig>;
+#ifdef LEVANT_AMX_BF16
+using Bf16TileScope = ConfiguredTiles<Bf16TileConfig>;
 #endif
 
 // The (16, 16) int32 products of groups 0 .. G - 1 (16 rows of activations at a + 32 g,

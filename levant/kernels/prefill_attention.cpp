@@ -163,14 +163,20 @@ void softmax_tile(float* st, int64_t n, int64_t MQ, int64_t kp0, const float* lo
 // holding (q_i[32 c + 2 r], q_i[32 c + 2 r + 1]) for the 16 lanes i.
 constexpr int AMX_MAX_G = 3;  // query heads per kv head: sums in tiles 2 .. 4
 
+// 16 bf16 (a register's halves) -> 16 float32.
+inline __m512 widen(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// The vpermw order that interleaves two rows of 16 bf16 held as one register's halves
+// (a, then b): element 2 i + e is row e's element i -- a tile row of pairs.
+inline __m512i pair_order() {
+  return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                          22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+}
+
 void query_tiles(const float* qt, int64_t MQ, int64_t G, int64_t D, uint16_t* out) {
-  // Element 2 i + e of a row: lane i of dim 2 r + e (a, then b, interleaved).
-  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                              24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
-                                              1, 16, 0);
-  auto widen = [](__m256i h) {  // bf16 -> float32
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  };
+  const __m512i interleave = pair_order();
   for (int64_t h = 0; h < G; ++h)
     for (int64_t c = 0; c < D / 32; ++c)
       for (int64_t r = 0; r < 16; ++r) {
@@ -277,9 +283,6 @@ template <int G>
 void values_amx(const c10::BFloat16* const* vrows, int64_t n, int64_t D, const float* st,
                 int64_t MQ, float* o, uint16_t* ptiles, uint16_t* vtiles) {
   const int64_t nks = (n + 31) / 32, DC = D / 16;
-  auto widen = [](__m256i h) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  };
   for (int64_t h = 0; h < G; ++h)
     for (int64_t ks = 0; ks < nks; ++ks) {
       __m512 v[16], t1[16], t2[16];
@@ -301,9 +304,7 @@ void values_amx(const c10::BFloat16* const* vrows, int64_t n, int64_t D, const f
         _mm512_storeu_si512(hi + 512 + 32 * l, (__m512i)_mm512_cvtne2ps_pbh(l2, l1));
       }
     }
-  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
-                                              24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
-                                              1, 16, 0);
+  const __m512i interleave = pair_order();
   for (int64_t ks = 0; ks < nks; ++ks)
     for (int64_t kp = 0; kp < 16; ++kp) {
       const int64_t k0 = 32 * ks + 2 * kp, k1 = k0 + 1;
